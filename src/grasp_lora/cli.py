@@ -1,0 +1,109 @@
+"""`grasp-lora`: thin. Parse flags -> build the command's typed config -> call one function.
+
+Every field of a command's config is a flag of the same name (`max_steps` -> `--max-steps`), and
+`--config FILE.yaml` loads the same names from YAML; flags win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Any, Callable
+
+from . import __version__
+from .config import DataPrepareConfig, DemoConfig, TrainAdapterConfig, build, field_types, load_yaml
+from .errors import NumericalError, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    types_ = field_types(cls)
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the options below")
+    for f in dataclasses.fields(cls):
+        tp = types_[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_, "dest": f.name}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif tp is list:
+            parser.add_argument(flag, nargs="+", metavar=f.name.upper(), **kwargs)
+        else:
+            metavar = None if kwargs.get("choices") else f.name.upper()
+            parser.add_argument(flag, type=str, metavar=metavar, **kwargs)
+
+
+def _command(sub, name: str, cls, fn: Callable[[Any], Any], help_: str):
+    p = sub.add_parser(name, help=help_, description=help_)
+    _add_config_flags(p, cls)
+    p.set_defaults(_cls=cls, _fn=fn)
+    return p
+
+
+def _data_prepare(cfg: DataPrepareConfig):
+    from .data.prepare import prepare_data
+
+    summary = prepare_data(cfg)
+    sizes = ", ".join(f"{k} {v}" for k, v in summary["sizes"].items())
+    print(f"wrote {cfg.out}: {sizes}" + (f" ({summary['scaled_down']})" if summary["scaled_down"] else ""))
+
+
+def _train_adapter(cfg: TrainAdapterConfig):
+    from .adapters import train_adapter
+
+    s = train_adapter(cfg)
+    print(f"adapter in {cfg.out}: best val loss {s['best_val_loss']:.4f} after {s['steps']} steps ({s['stopped']})")
+
+
+def _demo(cfg: DemoConfig):
+    from .demo import run_demo
+
+    run_demo(cfg)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="grasp-lora", description="GRASP LoRA: merge, prune and learn the prune ratio of LoRA adapters.")
+    parser.add_argument("--version", action="version", version=f"grasp-lora {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = sub.add_parser("data", help="prepare datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    _command(data_sub, "prepare", DataPrepareConfig, _data_prepare,
+             "read MLQA / XL-Sum / CSV / hub data and cut the paper's train/val/micro_dev/test splits")
+    _command(sub, "train-adapter", TrainAdapterConfig, _train_adapter,
+             "train one LoRA adapter (the paper's single-adapter recipe) and save it as a PEFT adapter")
+    _command(sub, "demo", DemoConfig, _demo,
+             "run the protocol end to end on the packaged SmolLM2 and the bundled demo corpus (CPU)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    overrides = {k: v for k, v in vars(args).items()
+                 if not k.startswith("_") and k not in ("config", "command", "data_command", "verbose")}
+    try:
+        yaml_values = load_yaml(args.config) if args.config else {}
+        cfg = build(args._cls, yaml_values, overrides, source=args.config or "options")
+        args._fn(cfg)
+    except (UserError, NumericalError) as e:
+        print(f"grasp-lora: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("grasp-lora: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

