@@ -139,6 +139,9 @@ def load_tokenizer(model: str):
 def load_model(model: str, device: str = "auto", dtype: str = "auto"):
     """Load a frozen causal LM in eval mode on `device`."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars show progress; theirs would garble one-line errors
 
     dev = pick_device(device)
     name = model_dir(model)
