@@ -95,3 +95,28 @@ def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "grasp_lora.cli"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def make_adapter(model_dir: Path, out: Path, rank: int = 8, alpha: float = 32, seed: int = 0,
+                 targets=("q_proj", "v_proj")) -> Path:
+    """A PEFT LoRA adapter with random A and B (PEFT's init_lora_weights=False), saved to `out`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+                     init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(base, cfg)
+    model.peft_config["default"].base_model_name_or_path = str(Path(model_dir).resolve())
+    model.save_pretrained(out, save_embedding_layers=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tmp_path_factory, tiny_model) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {"en": make_adapter(tiny_model, root / "en", seed=1), "ar": make_adapter(tiny_model, root / "ar", seed=2),
+            "ar_r4": make_adapter(tiny_model, root / "ar_r4", rank=4, alpha=8, seed=3),
+            "ar_q": make_adapter(tiny_model, root / "ar_q", targets=("q_proj",), seed=4)}

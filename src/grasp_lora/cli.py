@@ -13,7 +13,8 @@ import sys
 from typing import Any, Callable
 
 from . import __version__
-from .config import DataPrepareConfig, DemoConfig, TrainAdapterConfig, build, field_types, load_yaml
+from .config import (DataPrepareConfig, DemoConfig, FinetuneMergedConfig, SearchConfig, TrainAdapterConfig, build,
+                     field_types, load_yaml)
 from .errors import NumericalError, UserError
 
 
@@ -64,6 +65,21 @@ def _train_adapter(cfg: TrainAdapterConfig):
     print(f"adapter in {cfg.out}: best val loss {s['best_val_loss']:.4f} after {s['steps']} steps ({s['stopped']})")
 
 
+def _search(cfg: SearchConfig):
+    from .method import search
+
+    r = search(cfg)
+    print(f"learned prune ratio {r['prune_ratio']:.4f} ({r['rule']}) after {r['rounds']} rounds -> {cfg.out}/ratio.json")
+
+
+def _finetune_merged(cfg: FinetuneMergedConfig):
+    from .method import finetune_merged
+
+    s = finetune_merged(cfg)
+    print(f"merged adapter in {cfg.out}/adapter: best val loss {s['best_val_loss']:.4f} after {s['steps']} steps, "
+          f"kept {s['kept_fraction']:.3f} of the adapter weights")
+
+
 def _demo(cfg: DemoConfig):
     from .demo import run_demo
 
@@ -82,6 +98,10 @@ def make_parser() -> argparse.ArgumentParser:
              "read MLQA / XL-Sum / CSV / hub data and cut the paper's train/val/micro_dev/test splits")
     _command(sub, "train-adapter", TrainAdapterConfig, _train_adapter,
              "train one LoRA adapter (the paper's single-adapter recipe) and save it as a PEFT adapter")
+    _command(sub, "search", SearchConfig, _search,
+             "the controller run: learn the prune ratio of merged adapters online (history.jsonl, ratio.json)")
+    _command(sub, "finetune-merged", FinetuneMergedConfig, _finetune_merged,
+             "the final run: merge adapters, prune at a fixed ratio, fine-tune, export one PEFT adapter")
     _command(sub, "demo", DemoConfig, _demo,
              "run the protocol end to end on the packaged SmolLM2 and the bundled demo corpus (CPU)")
     return parser

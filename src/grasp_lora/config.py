@@ -69,6 +69,47 @@ class LoraOptions:
     target_modules: list = opt(["q_proj", "v_proj"], "names of the nn.Linear modules that get a LoRA adapter")
 
 
+@dataclass
+class MergeOptions:
+    adapters: list = opt([], "PEFT adapter folders to merge, source first (e.g. out/en out/ar)")
+    merge_form: str = opt("sum", "sum: dW = sum_i (alpha_i/r_i) B_i A_i (exact); paper: dW = (sum B_i)(sum A_i), "
+                                 "unscaled, as the authors' code computes it", choices=("sum", "paper"))
+    dropout: Optional[float] = opt(None, "dropout on the merged adapters' input (default: the first adapter's lora_dropout)")
+
+
+@dataclass
+class PruneOptions:
+    criterion: str = opt("magnitude", "importance criterion of the pruning mask",
+                         choices=("magnitude", "input_weighted", "sensitivity"))
+    scope: str = opt("per_tensor", "per_tensor: drop the ratio in every A_i and B_i; global: one threshold for all",
+                     choices=("per_tensor", "global"))
+    reset: str = opt("zero", "what a newly pruned entry becomes: zero, or init (its loaded value)", choices=("zero", "init"))
+
+
+@dataclass
+class ControllerOptions:
+    p_min: float = opt(0.10, "lowest prune ratio the controller may choose")
+    p_max: float = opt(0.80, "highest prune ratio the controller may choose")
+    p_init: float = opt(0.40, "initial committed ratio p and policy mean mu")
+    sigma_init: Optional[float] = opt(None, "initial policy std (default (p_max - p_min) / 6)")
+    round_every: int = opt(10, "K: optimizer steps between controller rounds")
+    group_size: int = opt(3, "G: candidate ratios probed per round")
+    policy_lr: float = opt(0.05, "eta: policy learning rate")
+    kl_coef: float = opt(0.05, "beta: pull of mu toward the committed ratio")
+    entropy_bonus: float = opt(0.01, "lambda: added to sigma each round")
+    max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
+    controller_seed: int = opt(42, "seed of the controller's own RNG (separate from data shuffling)")
+    importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round",
+                                  choices=("once", "every_round"))
+    commit_mask: str = opt("bounded", "apply the mask of the bounded committed ratio, or of the unbounded best "
+                                      "candidate (the authors' code)", choices=("bounded", "candidate"))
+    ratio_rule: str = opt("best_trial", "the learned ratio p*: best-reward candidate of the run (the authors), "
+                                        "final committed ratio, or final policy mean",
+                          choices=("best_trial", "committed", "policy_mean"))
+    advantage: str = opt("none", "advantages r - mean(r) (none, the paper) or also divided by std(r)",
+                         choices=("none", "std"))
+
+
 # ---------------------------------------------------------------- one config per command
 
 @dataclass
@@ -88,8 +129,23 @@ class DataPrepareConfig:
 
 
 @dataclass
-class TrainAdapterConfig(ModelOptions, TaskOptions, TrainOptions, LoraOptions):
+class TrainAdapterConfig(LoraOptions, TrainOptions, TaskOptions, ModelOptions):
     out: str = opt("", "output folder: the PEFT adapter, train_log.jsonl, val_log.jsonl, config.yaml")
+
+
+@dataclass
+class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, TaskOptions, ModelOptions):
+    out: str = opt("", "output folder: history.jsonl, ratio.json, train/val logs, config.yaml")
+
+
+@dataclass
+class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, TaskOptions, ModelOptions):
+    criterion: str = opt("input_weighted", "importance criterion of the pruning mask",
+                         choices=("magnitude", "input_weighted", "sensitivity"))
+    prune_ratio: float = opt(0.0, "fraction of every adapter tensor to drop (0 = Adaptive LoRA Merge, no pruning)")
+    reprune: str = opt("every_step", "re-score and re-prune after every optimizer step (the authors) or prune once",
+                       choices=("every_step", "once"))
+    out: str = opt("", "output folder: adapter/ (one exported PEFT adapter), train/val logs, config.yaml")
 
 
 @dataclass

@@ -9,6 +9,7 @@ moments, and only theirs.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Iterator
 
@@ -16,6 +17,8 @@ import torch
 
 from .merge import MergedLoraLinear, merged_layers
 from .train import collate
+
+log = logging.getLogger(__name__)
 
 CRITERIA = ("magnitude", "input_weighted", "sensitivity")
 SCOPES = ("per_tensor", "global")
@@ -142,7 +145,8 @@ class SensitivityTracker:
             self.unc[name].mul_(self.beta2).add_((ipt - self.ipt[name]).abs(), alpha=1 - self.beta2)
 
     def scores(self, model) -> dict[str, torch.Tensor]:
-        if not self.ipt:  # no gradient seen yet: fall back to magnitude, and say so in the name of the method
+        if not self.ipt:  # before the first backward there is no sensitivity yet
+            log.warning("sensitivity: no gradient seen yet; scoring by magnitude this once")
             return magnitude_scores(model)
         return {name: self.ipt[name] * self.unc[name] for name, _, _ in tensors(model)}
 

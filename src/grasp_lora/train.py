@@ -1,8 +1,8 @@
 """The one training loop: used for single adapters, the controller run, the final run and the baselines.
 
-It knows nothing of merging, pruning or the controller: callers pass `after_step` (called after every
-optimizer step; the controller and the pruning masks hook in there) and `save_best` (called when the
-val loss improves; callers write their adapter).
+It knows nothing of merging, pruning or the controller: callers pass `hooks` (see Hooks; the pruning
+masks and the controller come in there) and `save_best` (called when the val loss improves; callers
+write their adapter).
 """
 
 from __future__ import annotations
@@ -101,14 +101,25 @@ def _micro_batches(examples: list[dict], order: Iterable[int], batch_size: int) 
     return [[examples[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
 
 
+class Hooks:
+    """What a caller can add to the loop without the loop knowing about it (pruning, the controller)."""
+
+    def on_start(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once, before the first step."""
+
+    def before_step(self, step: int) -> None:
+        """Called after backward, before the optimizer step (gradients are there)."""
+
+    def after_step(self, step: int) -> dict | None:
+        """Called after each optimizer step; may return fields for the log line and the progress bar."""
+        return None
+
+
 def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], val_examples: list[dict],
           settings: LoopSettings, out_dir: str | Path, pad_id: int, device: torch.device,
-          save_best: Callable[[], None], after_step: Optional[Callable[[int], dict]] = None,
-          desc: str = "train") -> dict:
-    """Train `params` with AdamW + StepLR, early stopping on val loss; returns a summary.
-
-    `after_step(step)` may return extra fields for the progress bar (e.g. the prune ratio).
-    """
+          save_best: Callable[[], None], hooks: Optional[Hooks] = None, desc: str = "train") -> dict:
+    """Train `params` with AdamW + StepLR, early stopping on val loss; returns a summary."""
+    hooks = hooks or Hooks()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_log, val_log = out_dir / "train_log.jsonl", out_dir / "val_log.jsonl"
@@ -116,6 +127,7 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
         log.unlink(missing_ok=True)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=settings.gamma)
+    hooks.on_start(optimizer)
     steps_per_epoch = math.ceil(math.ceil(len(train_examples) / settings.batch_size) / settings.grad_accum)
     total = settings.epochs * steps_per_epoch
     if settings.max_steps:
@@ -156,10 +168,11 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
             if not grads_finite:
                 raise NumericalError(f"{desc}: non-finite gradient at step {step + 1}; "
                                      f"the best checkpoint in {out_dir} is intact")
+            hooks.before_step(step + 1)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            extra = after_step(step) if after_step else None
+            extra = hooks.after_step(step)
             loss_value = float(np.mean(losses))
             append_jsonl(train_log, {"step": step, "epoch": epoch, "loss": loss_value,
                                      "lr": optimizer.param_groups[0]["lr"], **(extra or {})})

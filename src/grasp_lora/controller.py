@@ -1,0 +1,173 @@
+"""The GRPO-style controller that learns the prune ratio online (SPEC §1.6).
+
+Pure functions hold the math (sampling, advantages, the policy update, the commit rule) so a test can
+replay `history.jsonl` through them; `Controller` runs one round on a model. The controller has its own
+RNG (numpy PCG64), separate from data shuffling and torch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import prune
+
+
+@dataclass
+class ControllerSettings:
+    p_min: float = 0.10
+    p_max: float = 0.80
+    p_init: float = 0.40
+    sigma_init: float | None = None  # (p_max - p_min) / 6 when None
+    round_every: int = 10  # K: optimizer steps between rounds
+    group_size: int = 3  # G
+    policy_lr: float = 0.05  # eta
+    kl_coef: float = 0.05  # beta
+    entropy_bonus: float = 0.01  # lambda
+    max_ratio_step: float = 0.10  # Delta: the most p moves in one commit
+    controller_seed: int = 42
+    importance_refresh: str = "once"  # once | every_round
+    commit_mask: str = "bounded"  # bounded | candidate
+    ratio_rule: str = "best_trial"  # best_trial | committed | policy_mean
+    advantage: str = "none"  # none | std
+
+    @classmethod
+    def from_config(cls, cfg) -> "ControllerSettings":
+        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
+
+    def initial_sigma(self) -> float:
+        return self.sigma_init if self.sigma_init is not None else (self.p_max - self.p_min) / 6
+
+
+def clamp(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+def sample_candidates(rng: np.random.Generator, mu: float, sigma: float, g: int, p_min: float, p_max: float) -> list[float]:
+    return [clamp(float(z), p_min, p_max) for z in rng.normal(mu, sigma, size=g)]
+
+
+def advantages(rewards: list[float], mode: str = "none") -> list[float]:
+    r = np.asarray(rewards, dtype=np.float64)
+    a = r - r.mean()
+    if mode == "std":
+        a = a / (r.std() + 1e-8)
+    return a.tolist()
+
+
+def policy_update(mu: float, sigma: float, p: float, candidates: list[float], adv: list[float],
+                  s: ControllerSettings) -> tuple[float, float]:
+    """One Gaussian-policy step: REINFORCE on mu and sigma, a pull of mu toward p, an entropy bonus."""
+    rho, a = np.asarray(candidates), np.asarray(adv)
+    d = max(sigma ** 2, 1e-4)
+    g_mu = float(np.mean(a * (rho - mu) / d))
+    g_sigma = float(np.mean(a * ((rho - mu) ** 2 / d - 1.0)))
+    mu_next = clamp(mu + s.policy_lr * (g_mu - s.kl_coef * (mu - p)), s.p_min, s.p_max)
+    sigma_next = max(1e-3, sigma + s.policy_lr * g_sigma + s.entropy_bonus)
+    return mu_next, sigma_next
+
+
+def commit_rule(p: float, candidates: list[float], rewards: list[float], s: ControllerSettings) -> tuple[float, float | None, float | None]:
+    """(p_next, committed ratio or None, ratio whose mask is applied or None).
+
+    Commit when the best reward is >= 0: p moves toward the best candidate by at most max_step.
+    `bounded` applies the mask of that p; `candidate` (the authors' code) the best candidate's mask.
+    A NaN reward never wins."""
+    finite = [(r, c) for r, c in zip(rewards, candidates) if math.isfinite(r)]
+    if not finite:
+        return p, None, None
+    best_r, best_c = max(finite, key=lambda rc: rc[0])
+    if best_r < 0:
+        return p, None, None
+    p_next = clamp(p + clamp(best_c - p, -s.max_ratio_step, s.max_ratio_step), s.p_min, s.p_max)
+    return p_next, p_next, (p_next if s.commit_mask == "bounded" else best_c)
+
+
+@dataclass
+class ControllerState:
+    p: float
+    mu: float
+    sigma: float
+    best_reward: float = -math.inf
+    best_candidate: float | None = None
+    rounds: int = 0
+
+
+class Controller:
+    """Runs rounds on a model with merged, masked adapters. `loss_fn()` is the micro-dev loss."""
+
+    def __init__(self, settings: ControllerSettings, loss_fn: Callable[[], float],
+                 score_fn: Callable[[], dict[str, torch.Tensor]], commit_fn: Callable[[prune.Masks], int],
+                 scope: str = "per_tensor"):
+        self.s = settings
+        self.loss_fn, self.score_fn, self.scope = loss_fn, score_fn, scope
+        self.commit_fn = commit_fn
+        self.rng = np.random.Generator(np.random.PCG64(settings.controller_seed))
+        self.state = ControllerState(p=settings.p_init, mu=settings.p_init, sigma=settings.initial_sigma())
+        self._scores: dict[str, torch.Tensor] | None = None
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        if self._scores is None or self.s.importance_refresh == "every_round":
+            self._scores = self.score_fn()
+        return self._scores
+
+    def round(self, model, step: int) -> dict:
+        """One round: probe G candidate ratios as trial masks, update the policy, maybe commit."""
+        start = time.time()
+        st, s = self.state, self.s
+        base_loss = self.loss_fn()
+        scores = self.scores()
+        candidates = sample_candidates(self.rng, st.mu, st.sigma, s.group_size, s.p_min, s.p_max)
+        committed_masks = prune.current_masks(model)
+        losses = []
+        for rho in candidates:
+            prune.set_masks(model, prune.masks_for_ratio(scores, rho, self.scope))
+            losses.append(self.loss_fn())
+            prune.set_masks(model, committed_masks)  # exact revert: only the mask buffers changed
+        rewards = [base_loss - l if math.isfinite(l) else float("nan") for l in losses]
+        finite = [r if math.isfinite(r) else min((x for x in rewards if math.isfinite(x)), default=0.0) for r in rewards]
+        adv = advantages(finite, s.advantage)
+        mu_next, sigma_next = policy_update(st.mu, st.sigma, st.p, candidates, adv, s)
+        p_next, committed, applied = commit_rule(st.p, candidates, rewards, s)
+        if applied is not None:
+            self.commit_fn(prune.masks_for_ratio(scores, applied, self.scope))
+        for r, c in zip(rewards, candidates):
+            if math.isfinite(r) and r > st.best_reward:
+                st.best_reward, st.best_candidate = r, c
+        record = {
+            "step": step, "p": st.p, "mu": st.mu, "sigma": st.sigma, "candidates": candidates,
+            "base_loss": base_loss, "losses": losses, "rewards": rewards, "advantages": adv,
+            "committed": committed, "applied": applied, "p_next": p_next, "mu_next": mu_next,
+            "sigma_next": sigma_next, "kept_fraction": prune.kept_fraction(prune.current_masks(model)),
+            "seconds": time.time() - start,
+        }
+        st.p, st.mu, st.sigma = p_next, mu_next, sigma_next
+        st.rounds += 1
+        return record
+
+    def result(self) -> dict:
+        st = self.state
+        if self.s.ratio_rule == "best_trial" and st.best_candidate is not None:
+            ratio, rule = st.best_candidate, "best_trial"
+        elif self.s.ratio_rule == "policy_mean":
+            ratio, rule = st.mu, "policy_mean"
+        else:
+            # best_trial with no finite positive trial falls back to the committed ratio; the rule says so
+            ratio, rule = st.p, "committed"
+        return {"prune_ratio": ratio, "rule": rule, "asked_rule": self.s.ratio_rule,
+                "best_reward": st.best_reward if math.isfinite(st.best_reward) else None,
+                "rounds": st.rounds, "final_p": st.p, "final_mu": st.mu, "final_sigma": st.sigma}
+
+    def state_dict(self) -> dict:
+        return {"state": asdict(self.state), "rng": self.rng.bit_generator.state,
+                "scores": self._scores}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.state = ControllerState(**sd["state"])
+        self.rng.bit_generator.state = sd["rng"]
+        self._scores = sd["scores"]
