@@ -1,0 +1,159 @@
+"""The controller: the policy math, its own RNG, batched micro-dev loss, and the CLI runs end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli, run_cli
+from grasp_lora.controller import ControllerSettings, advantages, commit_rule, policy_update, sample_candidates
+from grasp_lora.io import read_jsonl
+
+S = ControllerSettings()
+
+
+def test_defaults_are_the_papers():
+    assert (S.p_min, S.p_max, S.p_init, S.round_every, S.group_size) == (0.10, 0.80, 0.40, 10, 3)
+    assert (S.policy_lr, S.kl_coef, S.entropy_bonus, S.max_ratio_step, S.controller_seed) == (0.05, 0.05, 0.01, 0.10, 42)
+    assert math.isclose(S.initial_sigma(), 0.7 / 6)
+
+
+def test_policy_update_by_hand():
+    mu, sigma, p = 0.4, 0.1, 0.4
+    cands, rewards = [0.3, 0.5, 0.6], [0.0, 0.3, 0.6]
+    adv = advantages(rewards)
+    assert np.allclose(adv, [-0.3, 0.0, 0.3])
+    d = 0.01
+    g_mu = np.mean([-0.3 * -0.1 / d, 0.0, 0.3 * 0.2 / d])  # = 3.0
+    g_sigma = np.mean([-0.3 * (0.01 / d - 1), 0.0, 0.3 * (0.04 / d - 1)])  # = 0.3
+    mu_next, sigma_next = policy_update(mu, sigma, p, cands, adv, S)
+    assert math.isclose(mu_next, 0.4 + 0.05 * (g_mu - 0.05 * 0.0))
+    assert math.isclose(sigma_next, 0.1 + 0.05 * g_sigma + 0.01)
+    assert commit_rule(p, cands, rewards, S) == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5))
+    assert commit_rule(p, cands, [-1.0, -0.1, -0.2], S) == (p, None, None)
+    cand = ControllerSettings(commit_mask="candidate")
+    assert commit_rule(p, cands, rewards, cand)[2] == 0.6  # the authors apply the unbounded best candidate
+    assert commit_rule(p, cands, [float("nan"), 0.1, float("nan")], S)[1] == pytest.approx(0.5)
+    assert np.allclose(advantages([1.0, 2.0, 3.0], "std"), np.array([-1, 0, 1]) / np.std([1, 2, 3]), atol=1e-6)
+
+
+def test_candidates_clamped_and_rng_is_own():
+    a = sample_candidates(np.random.Generator(np.random.PCG64(42)), 0.4, 5.0, 50, 0.1, 0.8)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    b = sample_candidates(np.random.Generator(np.random.PCG64(42)), 0.4, 5.0, 50, 0.1, 0.8)
+    assert a == b and min(a) == 0.1 and max(a) == 0.8
+
+
+def test_batched_micro_dev_loss_equals_unbatched(tiny_model, demo_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grasp_lora.data.prompts import get_prompt
+    from grasp_lora.data.splits import load_split
+    from grasp_lora.data.tokenize import encode_split
+    from grasp_lora.train import example_losses
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ex = encode_split(tok, get_prompt("qa", "ar"), load_split(demo_data["ar"], "micro_dev", "qa"), 512)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    batched = example_losses(model, ex, tok.pad_token_id, torch.device("cpu"), batch_size=4)
+    single = example_losses(model, ex, tok.pad_token_id, torch.device("cpu"), batch_size=1)
+    assert len({len(e["input_ids"]) for e in ex}) > 1  # padding really happens
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert math.isclose(float(batched.mean()), float(single.mean()), abs_tol=1e-6)
+
+
+def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
+    return ["search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
+            "--data", demo_data["ar"], "--lang", "ar", "--out", out, "--max-steps", 6, "--grad-accum", 2,
+            "--round-every", 2, "--lr", "1e-3", *extra]
+
+
+def replay(history: list[dict], s: ControllerSettings) -> None:
+    """Every logged update follows from the logged inputs through the SPEC §1.6 rules."""
+    for prev, rec in zip([None] + history[:-1], history):
+        if prev is not None:
+            assert (rec["p"], rec["mu"], rec["sigma"]) == (prev["p_next"], prev["mu_next"], prev["sigma_next"])
+        finite = [r if math.isfinite(r) else min(x for x in rec["rewards"] if math.isfinite(x)) for r in rec["rewards"]]
+        adv = advantages(finite, s.advantage)
+        assert np.allclose(adv, rec["advantages"])
+        assert np.allclose(rec["rewards"], [rec["base_loss"] - l for l in rec["losses"]])
+        mu_next, sigma_next = policy_update(rec["mu"], rec["sigma"], rec["p"], rec["candidates"], adv, s)
+        p_next, committed, _ = commit_rule(rec["p"], rec["candidates"], rec["rewards"], s)
+        assert math.isclose(mu_next, rec["mu_next"]) and math.isclose(sigma_next, rec["sigma_next"])
+        assert math.isclose(p_next, rec["p_next"]) and committed == rec["committed"]
+
+
+def test_search_history_replays_and_is_deterministic(tmp_path, tiny_model, tiny_adapters, demo_data):
+    histories = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out)) == 0
+        histories.append(read_jsonl(out / "history.jsonl"))
+        ratio = json.loads((out / "ratio.json").read_text())
+        assert set(ratio) >= {"prune_ratio", "rule", "best_reward", "rounds"}
+    a, b = histories
+    assert len(a) == 3
+    keys = {"step", "p", "mu", "sigma", "candidates", "base_loss", "losses", "rewards", "advantages", "committed",
+            "p_next", "mu_next", "sigma_next", "seconds", "kept_fraction"}
+    assert all(keys <= set(r) for r in a)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(a) == strip(b)
+    replay(a, ControllerSettings(round_every=2))
+    best = max((r, c) for rec in a for r, c in zip(rec["rewards"], rec["candidates"]) if math.isfinite(r))
+    ratio = json.loads((tmp_path / "a" / "ratio.json").read_text())
+    assert ratio["prune_ratio"] == best[1] and ratio["rule"] == "best_trial"
+    assert ratio["rounds"] == 3
+
+
+def test_search_switches(tmp_path, tiny_model, tiny_adapters, demo_data):
+    out = tmp_path / "s"
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--importance-refresh", "every_round",
+                            "--commit-mask", "candidate", "--ratio-rule", "policy_mean", "--advantage", "std",
+                            "--scope", "global", "--criterion", "sensitivity")) == 0
+    hist = read_jsonl(out / "history.jsonl")
+    replay(hist, ControllerSettings(round_every=2, advantage="std", commit_mask="candidate"))
+    ratio = json.loads((out / "ratio.json").read_text())
+    assert ratio["rule"] == "policy_mean" and ratio["prune_ratio"] == hist[-1]["mu_next"]
+
+
+@pytest.mark.parametrize("form", ["sum", "paper"])
+def test_finetune_merged_exports_peft_adapter(tmp_path, tiny_model, tiny_adapters, demo_data, form):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ft"
+    assert cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
+               "--data", demo_data["ar"], "--lang", "ar", "--prune-ratio", "0.45", "--seed", 1337, "--out", out,
+               "--max-steps", 3, "--grad-accum", 2, "--merge-form", form) == 0
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "train_log.jsonl", "val_log.jsonl"):
+        assert (out / name).is_file()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["kept_fraction"] == pytest.approx(0.55, abs=0.01)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out / "adapter")
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all()
+
+
+def test_bad_controller_settings(tmp_path, tiny_model, tiny_adapters, demo_data, capsys):
+    for extra, needle in ((["--p-min", "0.9"], "p_min <= p_init"), (["--group-size", "0"], "--group-size 0")):
+        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, tmp_path / "x", *extra)) == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar_r4"],
+               "--merge-form", "paper", "--data", demo_data["ar"], "--lang", "ar", "--out", tmp_path / "y") == 2
+    assert "equal ranks" in capsys.readouterr().err
+
+
+def test_search_then_finetune_with_real_cli(tmp_path, tiny_model, tiny_adapters, demo_data):
+    r = run_cli(*search_args(tiny_model, tiny_adapters, demo_data, tmp_path / "search"))
+    assert r.returncode == 0, r.stderr
+    p_star = json.loads((tmp_path / "search" / "ratio.json").read_text())["prune_ratio"]
+    assert "learned prune ratio" in r.stdout and "mu=" in r.stderr and "sigma=" in r.stderr
+    r = run_cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
+                "--data", demo_data["ar"], "--lang", "ar", "--prune-ratio", p_star, "--out", tmp_path / "final",
+                "--max-steps", 2, "--grad-accum", 2)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "final" / "adapter" / "adapter_model.safetensors").is_file()
