@@ -68,14 +68,14 @@ def _train_adapter(cfg: TrainAdapterConfig):
 def _search(cfg: SearchConfig):
     from .method import search
 
-    r = search(cfg)
+    r, _ = search(cfg)
     print(f"learned prune ratio {r['prune_ratio']:.4f} ({r['rule']}) after {r['rounds']} rounds -> {cfg.out}/ratio.json")
 
 
 def _finetune_merged(cfg: FinetuneMergedConfig):
     from .method import finetune_merged
 
-    s = finetune_merged(cfg)
+    s, _ = finetune_merged(cfg)
     print(f"merged adapter in {cfg.out}/adapter: best val loss {s['best_val_loss']:.4f} after {s['steps']} steps, "
           f"kept {s['kept_fraction']:.3f} of the adapter weights")
 

@@ -8,16 +8,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import prune
+from . import distributed, prune
 from .adapters import prepare_out_dir
 from .config import FinetuneMergedConfig, SearchConfig, save_config
-from .controller import Controller, ControllerSettings
+from .controller import Controller, ControllerSettings, ControllerState
 from .data.prompts import get_prompt
 from .data.splits import load_split
 from .data.tokenize import encode_split
@@ -52,6 +52,8 @@ def setup_merged(cfg, splits: tuple[str, ...]) -> MergedSetup:
     records = {s: load_split(cfg.data, s, cfg.task) for s in splits}
     resolve(cfg.model)
     device = pick_device(cfg.device)
+    distributed.init(device)
+    device = distributed.local_device(device)
     adapters = [load_adapter(p) for p in cfg.adapters]
     base_id = base_model_id(cfg.model)
     check_compatible(adapters, cfg.merge_form, base_id)
@@ -59,11 +61,12 @@ def setup_merged(cfg, splits: tuple[str, ...]) -> MergedSetup:
 
     tok = load_tokenizer(cfg.model)
     examples = {s: encode_split(tok, prompt, r, cfg.max_length) for s, r in records.items()}
-    model = load_model(cfg.model, cfg.device, cfg.dtype)
+    model = load_model(cfg.model, str(device), cfg.dtype)
     torch.manual_seed(cfg.seed)  # dropout draws from the global RNG
     layers = inject(model, adapters, cfg.merge_form, dropout)
     out = prepare_out_dir(cfg.out)
-    save_config(cfg, out)
+    if distributed.is_main():
+        save_config(cfg, out)
     return MergedSetup(model, layers, tok, device, examples, base_id, dropout, out)
 
 
@@ -120,11 +123,24 @@ class SearchHooks(PruneHooks):
 
     def after_step(self, step):
         if step % self.every == 0:
+            self.controller_round(step)
+        st = self.controller.state
+        return {"p": st.p, "mu": st.mu, "sigma": st.sigma}
+
+
+    def controller_round(self, step: int) -> None:
+        """Rank 0 probes and decides; every other rank takes its masks and state."""
+        if distributed.is_main():
             record = self.controller.round(self.setup.model, step)
             self.probe_seconds += record["seconds"]
             append_jsonl(self.history, record)
-        st = self.controller.state
-        return {"p": st.p, "mu": st.mu, "sigma": st.sigma}
+        if distributed.active():
+            masks = prune.current_masks(self.setup.model)
+            distributed.broadcast_tensors(masks)
+            state = distributed.broadcast_object(asdict(self.controller.state))
+            if not distributed.is_main():
+                self.commit(masks)
+                self.controller.state = ControllerState(**state)
 
 
 class RepruneHooks(PruneHooks):
@@ -151,11 +167,13 @@ def validate_search(cfg: SearchConfig) -> None:
         raise UserError(f"--sigma-init {cfg.sigma_init}: must be positive")
 
 
-def search(cfg: SearchConfig) -> dict:
-    """The controller run: learn the prune ratio online; writes history.jsonl and ratio.json."""
+def search(cfg: SearchConfig) -> tuple[dict, torch.nn.Module]:
+    """The controller run: learn the prune ratio online; writes history.jsonl and ratio.json.
+    Returns ratio.json's content and the trained, masked model."""
     validate_search(cfg)
     setup = setup_merged(cfg, ("train", "val", "micro_dev"))
-    setup.out.joinpath("history.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():
+        setup.out.joinpath("history.jsonl").unlink(missing_ok=True)
     hooks = SearchHooks(setup, cfg)
     hooks.prune_to(cfg.p_init)
     summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"],
@@ -163,12 +181,14 @@ def search(cfg: SearchConfig) -> dict:
                     save_best=lambda: None, hooks=hooks, desc=f"search {cfg.task}/{cfg.lang}")
     result = {**hooks.controller.result(), "steps": summary["steps"], "seconds": summary["seconds"],
               "probe_seconds": hooks.probe_seconds, "best_val_loss": summary["best_val_loss"]}
-    write_json(setup.out / "ratio.json", result)
-    return result
+    if distributed.is_main():
+        write_json(setup.out / "ratio.json", result)
+    return result, setup.model
 
 
-def finetune_merged(cfg: FinetuneMergedConfig) -> dict:
-    """The final run: merge, prune at a fixed ratio, fine-tune, export one PEFT adapter to OUT/adapter."""
+def finetune_merged(cfg: FinetuneMergedConfig) -> tuple[dict, torch.nn.Module]:
+    """The final run: merge, prune at a fixed ratio, fine-tune, export one PEFT adapter to OUT/adapter.
+    Returns the run's summary and the model (as last trained; the export is the best-val checkpoint)."""
     if not 0 <= cfg.prune_ratio < 1:
         raise UserError(f"--prune-ratio {cfg.prune_ratio}: must be in [0, 1)")
     setup = setup_merged(cfg, ("train", "val"))
@@ -181,5 +201,6 @@ def finetune_merged(cfg: FinetuneMergedConfig) -> dict:
                     save_best=lambda: export_peft(setup.layers, adapter_dir, setup.base_id, setup.dropout),
                     hooks=hooks, desc=f"finetune-merged p={cfg.prune_ratio:.3f}")
     summary.update(prune_ratio=cfg.prune_ratio, kept_fraction=prune.kept_fraction(prune.current_masks(setup.model)))
-    write_json(setup.out / "train_summary.json", summary)
-    return summary
+    if distributed.is_main():
+        write_json(setup.out / "train_summary.json", summary)
+    return summary, setup.model

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import NumericalError
 from .io import append_jsonl
 
@@ -121,10 +122,12 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
     """Train `params` with AdamW + StepLR, early stopping on val loss; returns a summary."""
     hooks = hooks or Hooks()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # only rank 0 writes files and shows progress
     train_log, val_log = out_dir / "train_log.jsonl", out_dir / "val_log.jsonl"
-    for log in (train_log, val_log):
-        log.unlink(missing_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for log in (train_log, val_log):
+            log.unlink(missing_ok=True)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=settings.gamma)
     hooks.on_start(optimizer)
@@ -135,7 +138,7 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
 
     best, bad_epochs, step, start = math.inf, 0, 0, time.time()
     stopped = "epochs"
-    bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, dynamic_ncols=True, disable=not main)
 
     def evaluate(epoch: int) -> bool:
         nonlocal best, bad_epochs
@@ -145,10 +148,12 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
         improved = val < best
         if improved:
             best, bad_epochs = val, 0
-            save_best()
+            if main:
+                save_best()
         else:
             bad_epochs += 1
-        append_jsonl(val_log, {"step": step, "epoch": epoch, "val_loss": val, "best": improved})
+        if main:
+            append_jsonl(val_log, {"step": step, "epoch": epoch, "val_loss": val, "best": improved})
         return improved
 
     model.train()
@@ -156,14 +161,17 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
         batches = _micro_batches(train_examples, epoch_order(len(train_examples), settings.seed, epoch), settings.batch_size)
         for s in range(0, len(batches), settings.grad_accum):
             group = batches[s:s + settings.grad_accum]
-            losses = []
-            for mb in group:
+            local = []
+            for mb in group[distributed.rank()::distributed.world()]:  # this rank's share of the step
                 loss = batch_loss(model, collate(mb, pad_id, device))
-                if not torch.isfinite(loss):
-                    raise NumericalError(f"{desc}: loss is {loss.item()} at step {step + 1}; "
-                                         f"the best checkpoint in {out_dir} is intact")
                 (loss / len(group)).backward()
-                losses.append(loss.item())
+                local.append(loss.item())
+            total, count = distributed.sum_floats([float(np.sum(local)), float(len(local))], device)
+            loss_value = total / count
+            if not math.isfinite(loss_value):
+                raise NumericalError(f"{desc}: loss is {loss_value} at step {step + 1}; "
+                                     f"the best checkpoint in {out_dir} is intact")
+            distributed.sum_gradients(params)
             grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
             if not grads_finite:
                 raise NumericalError(f"{desc}: non-finite gradient at step {step + 1}; "
@@ -173,9 +181,9 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
             optimizer.zero_grad(set_to_none=True)
             step += 1
             extra = hooks.after_step(step)
-            loss_value = float(np.mean(losses))
-            append_jsonl(train_log, {"step": step, "epoch": epoch, "loss": loss_value,
-                                     "lr": optimizer.param_groups[0]["lr"], **(extra or {})})
+            if main:
+                append_jsonl(train_log, {"step": step, "epoch": epoch, "loss": loss_value,
+                                         "lr": optimizer.param_groups[0]["lr"], **(extra or {})})
             bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in (extra or {}).items()
                                                          if isinstance(v, float)})
             bar.update(1)
