@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import warnings
 from typing import Any, Callable
 
 from . import __version__
@@ -108,6 +109,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # PEFT calls a transformers method that warns of its own rename; nothing for our users to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     overrides = {k: v for k, v in vars(args).items()
