@@ -14,8 +14,8 @@ import warnings
 from typing import Any, Callable
 
 from . import __version__
-from .config import (DataPrepareConfig, DemoConfig, FinetuneMergedConfig, SearchConfig, TrainAdapterConfig, build,
-                     field_types, load_yaml)
+from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, FinetuneMergedConfig, GenerateConfig, SearchConfig,
+                     TrainAdapterConfig, build, field_types, load_yaml)
 from .errors import NumericalError, UserError
 
 
@@ -81,6 +81,22 @@ def _finetune_merged(cfg: FinetuneMergedConfig):
           f"kept {s['kept_fraction']:.3f} of the adapter weights")
 
 
+def _generate(cfg: GenerateConfig):
+    from .generate import generate
+
+    rows = generate(cfg)
+    print(f"wrote {len(rows)} predictions to {cfg.out}")
+
+
+def _evaluate(cfg: EvaluateConfig):
+    from .evaluate import evaluate
+
+    m = evaluate(cfg)
+    names = ("exact_match", "f1", "bleu", "rouge_l", "bertscore_f1")
+    print(", ".join(f"{k} {m[k]:.2f}" for k in names if isinstance(m.get(k), float))
+          + (f"; BERTScore unavailable: {m['bertscore_unavailable']}" if m.get("bertscore_unavailable") else ""))
+
+
 def _demo(cfg: DemoConfig):
     from .demo import run_demo
 
@@ -103,6 +119,10 @@ def make_parser() -> argparse.ArgumentParser:
              "the controller run: learn the prune ratio of merged adapters online (history.jsonl, ratio.json)")
     _command(sub, "finetune-merged", FinetuneMergedConfig, _finetune_merged,
              "the final run: merge adapters, prune at a fixed ratio, fine-tune, export one PEFT adapter")
+    _command(sub, "generate", GenerateConfig, _generate,
+             "greedy predictions for a split (base model, a single adapter, or an exported merged adapter)")
+    _command(sub, "evaluate", EvaluateConfig, _evaluate,
+             "EM/F1 (qa) or BLEU/ROUGE-L (summarization), and BERTScore-F1, of a predictions file")
     _command(sub, "demo", DemoConfig, _demo,
              "run the protocol end to end on the packaged SmolLM2 and the bundled demo corpus (CPU)")
     return parser

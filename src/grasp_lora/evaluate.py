@@ -1,0 +1,62 @@
+"""`grasp-lora evaluate`: score a predictions file with the paper's metrics; every setting that changes a
+number is written beside the numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import EvaluateConfig
+from .errors import UserError
+from .io import write_json
+
+
+def read_predictions(path: str) -> tuple[list[str], list[list[str]]]:
+    from .data.readers import _jsonl_rows
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--predictions {path}: no such file; write it with `grasp-lora generate`")
+    preds, refs = [], []
+    for n, row in _jsonl_rows(p):
+        pred, ref = row.get("prediction"), row.get("references")
+        if not isinstance(pred, str):
+            raise UserError(f"{p}: line {n} has no string 'prediction' field")
+        if not isinstance(ref, list) or not ref or not all(isinstance(r, str) for r in ref):
+            raise UserError(f"{p}: line {n} needs 'references', a non-empty list of strings")
+        preds.append(pred)
+        refs.append(ref)
+    return preds, refs
+
+
+def score(predictions: list[str], references: list[list[str]], task: str, lang: str, cfg: EvaluateConfig) -> dict:
+    from .metrics.bertscore import bertscore
+    from .models import pick_device
+
+    out: dict = {"task": task, "lang": lang, "n": len(predictions)}
+    if task == "qa":
+        from .metrics.qa import qa_scores
+
+        out.update(qa_scores(predictions, references, lang))
+        out["qa_normalization"] = "MLQA official (lowercase, Unicode punctuation, articles, CJK chars)"
+    else:
+        from .metrics.bleu import bleu_tokenizer, corpus_bleu
+        from .metrics.rouge import rouge_l
+
+        first = [r[0] for r in references]
+        out.update(corpus_bleu(predictions, first, bleu_tokenizer(lang, cfg.bleu_tokenize)))
+        out.update(rouge_l(predictions, first, lang))
+    out.update(bertscore(predictions, references, lang, cfg.bertscore_model, cfg.bertscore_layer,
+                         cfg.bertscore_batch_size, str(pick_device(cfg.device))))
+    return out
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    if not cfg.lang:
+        raise UserError("--lang is required")
+    if not cfg.out:
+        raise UserError("--out is required: the metrics JSON to write")
+    predictions, references = read_predictions(cfg.predictions)
+    metrics = score(predictions, references, cfg.task, cfg.lang, cfg)
+    metrics["predictions"] = str(cfg.predictions)
+    write_json(cfg.out, metrics)
+    return metrics
