@@ -14,8 +14,8 @@ import warnings
 from typing import Any, Callable
 
 from . import __version__
-from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, FinetuneMergedConfig, GenerateConfig, SearchConfig,
-                     TrainAdapterConfig, build, field_types, load_yaml)
+from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, FinetuneMergedConfig, GenerateConfig, ReportConfig,
+                     SearchConfig, TrainAdapterConfig, build, field_types, load_yaml)
 from .errors import NumericalError, UserError
 
 
@@ -35,7 +35,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
         flag = "--" + f.name.replace("_", "-")
-        if tp is bool:
+        if f.metadata.get("positional"):
+            kwargs.pop("dest")
+            parser.add_argument(f.name, nargs="*", metavar=f.name.upper(), **kwargs)
+        elif tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif tp is list:
             parser.add_argument(flag, nargs="+", metavar=f.name.upper(), **kwargs)
@@ -97,6 +100,16 @@ def _evaluate(cfg: EvaluateConfig):
           + (f"; BERTScore unavailable: {m['bertscore_unavailable']}" if m.get("bertscore_unavailable") else ""))
 
 
+def _report(cfg: ReportConfig):
+    from .report import report
+
+    if not cfg.runs:
+        raise UserError("report needs at least one RUN_DIR")
+    r = report(cfg)
+    print(f"wrote {r['out']}/results.md, results.csv, runtime.md, controller.png, metrics.png "
+          f"({len(r['results'])} result rows)")
+
+
 def _demo(cfg: DemoConfig):
     from .demo import run_demo
 
@@ -123,6 +136,8 @@ def make_parser() -> argparse.ArgumentParser:
              "greedy predictions for a split (base model, a single adapter, or an exported merged adapter)")
     _command(sub, "evaluate", EvaluateConfig, _evaluate,
              "EM/F1 (qa) or BLEU/ROUGE-L (summarization), and BERTScore-F1, of a predictions file")
+    _command(sub, "report", ReportConfig, _report,
+             "the paper's tables (ours beside the paper's), the runtime table and plots from run folders")
     _command(sub, "demo", DemoConfig, _demo,
              "run the protocol end to end on the packaged SmolLM2 and the bundled demo corpus (CPU)")
     return parser

@@ -176,6 +176,13 @@ class EvaluateConfig:
 
 
 @dataclass
+class ReportConfig:
+    runs: list = opt([], "experiment or run folders to report on (searched for run.json, metrics.json, history.jsonl)",
+                     positional=True)
+    out: str = opt("report", "folder for results.md, results.csv, runtime.md, controller.png, metrics.png")
+
+
+@dataclass
 class DemoConfig(ModelOptions):
     out: str = opt("demo-out", "output folder of the demo")
     max_steps: int = opt(40, "optimizer steps per training run at demo scale")

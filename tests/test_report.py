@@ -1,0 +1,78 @@
+"""A report rendered from real runs of the tiny model: generate, evaluate, search, final runs."""
+
+import json
+import time
+
+import pytest
+
+from conftest import cli
+from grasp_lora.report import write_run_info
+
+
+def timed(fn):
+    start = time.time()
+    assert fn() == 0
+    return time.time() - start
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, tiny_model, tiny_adapters, demo_data):
+    root = tmp_path_factory.mktemp("experiment")
+    common = ["--model", tiny_model, "--data", demo_data["ar"], "--task", "qa", "--lang", "ar"]
+    train = ["--max-steps", 2, "--grad-accum", 2]
+    ads = ["--adapters", tiny_adapters["en"], tiny_adapters["ar"]]
+
+    def evaluated(folder, method, seconds, adapter=None, seed=None, ratio=None, val_loss=None):
+        extra = ["--adapter", adapter] if adapter else []
+        assert cli("generate", *common, "--out", folder / "predictions.jsonl", "--max-new-tokens", 6, *extra) == 0
+        assert cli("evaluate", "--predictions", folder / "predictions.jsonl", "--task", "qa", "--lang", "ar",
+                   "--out", folder / "metrics.json", "--bertscore-model", "none") == 0
+        write_run_info(folder, method, "qa", "ar", seconds, seed, ratio, val_loss)
+
+    evaluated(root / "zero_shot", "zero_shot", 0.0)
+    evaluated(root / "target_lora", "target_lora", 1.0, adapter=tiny_adapters["ar"])
+    s = timed(lambda: cli("search", *common, *ads, "--out", root / "grasp_search", *train, "--round-every", 1))
+    write_run_info(root / "grasp_search", "grasp_search", "qa", "ar", s)
+    p_star = json.loads((root / "grasp_search" / "ratio.json").read_text())["prune_ratio"]
+    for seed in (42, 1337):
+        d = root / f"grasp/seed{seed}"
+        s = timed(lambda: cli("finetune-merged", *common, *ads, "--prune-ratio", p_star, "--seed", seed, "--out", d, *train))
+        evaluated(d, "grasp", s, adapter=d / "adapter", seed=seed, ratio=p_star)
+    for ratio in (0.2, 0.6):
+        d = root / f"grid/p{ratio}"
+        s = timed(lambda: cli("finetune-merged", *common, *ads, "--prune-ratio", ratio, "--out", d, *train))
+        val = json.loads((d / "train_summary.json").read_text())["best_val_loss"]
+        evaluated(d, "alm_grid", s, adapter=d / "adapter", seed=42, ratio=ratio, val_loss=val)
+    return root
+
+
+def test_report_renders(tmp_path, experiment):
+    out = tmp_path / "report"
+    assert cli("report", experiment, "--out", out) == 0
+    md = (out / "results.md").read_text()
+    for label in ("Zero shot", "LoRA (target)", "Adaptive LoRA Merge + pruning (grid)", "GRASP LoRA Merge + pruning"):
+        assert label in md
+    assert "86.18" in md and "41.00" in md  # the paper's GRASP MLQA-ar row beside ours
+    grid_line = next(l for l in md.splitlines() if l.startswith("| Adaptive LoRA Merge + pruning"))
+    vals = {p: json.loads((experiment / f"grid/p{p}/run.json").read_text())["val_loss"] for p in (0.2, 0.6)}
+    best = min(vals, key=vals.get)
+    assert f"| 1 | {100 * best:.2f} |" in grid_line  # the grid's row is its best-val ratio
+    grasp_line = next(l for l in md.splitlines() if l.startswith("| GRASP"))
+    assert "±" in grasp_line and "| 2 |" in grasp_line  # mean ± std over two seeds
+    assert "n/a*" in md and "BERTScore unavailable" in md
+    csv_text = (out / "results.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("task,lang,method") and len(csv_text.splitlines()) == 5
+    runtime = (out / "runtime.md").read_text()
+    assert "Adaptive LoRA (grid search)" in runtime and "GRASP LoRA" in runtime and "×" in runtime
+    assert "| 3 |" in runtime  # GRASP: the controller run + two final runs
+    from matplotlib.image import imread
+
+    for png in ("controller.png", "metrics.png"):
+        img = imread(out / png)
+        assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 0
+
+
+def test_report_without_runs_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli("report", tmp_path / "empty", "--out", tmp_path / "r") == 2
+    assert "no run.json found" in capsys.readouterr().err
