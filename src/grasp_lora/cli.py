@@ -14,8 +14,8 @@ import warnings
 from typing import Any, Callable
 
 from . import __version__
-from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, FinetuneMergedConfig, GenerateConfig, ReportConfig,
-                     SearchConfig, TrainAdapterConfig, build, field_types, load_yaml)
+from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, FinetuneMergedConfig, GenerateConfig, LoraHubConfig,
+                     ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, build, field_types, load_yaml)
 from .errors import NumericalError, UserError
 
 
@@ -84,6 +84,20 @@ def _finetune_merged(cfg: FinetuneMergedConfig):
           f"kept {s['kept_fraction']:.3f} of the adapter weights")
 
 
+def _ties(cfg: TiesConfig):
+    from .baselines import ties_merge
+
+    r = ties_merge(cfg)
+    print(f"TIES adapter (rank {r['rank']}, density {r['density']}) in {cfg.out}")
+
+
+def _lorahub(cfg: LoraHubConfig):
+    from .baselines import lorahub
+
+    r = lorahub(cfg)
+    print(f"LoRAHub weights {[round(w, 4) for w in r['weights']]} (objective {r['objective']:.4f}) -> {cfg.out}")
+
+
 def _generate(cfg: GenerateConfig):
     from .generate import generate
 
@@ -132,6 +146,9 @@ def make_parser() -> argparse.ArgumentParser:
              "the controller run: learn the prune ratio of merged adapters online (history.jsonl, ratio.json)")
     _command(sub, "finetune-merged", FinetuneMergedConfig, _finetune_merged,
              "the final run: merge adapters, prune at a fixed ratio, fine-tune, export one PEFT adapter")
+    _command(sub, "ties", TiesConfig, _ties, "baseline: TIES-merge adapters (PEFT), no training; one PEFT adapter out")
+    _command(sub, "lorahub", LoraHubConfig, _lorahub,
+             "baseline: LoRAHub, per-adapter weights by nevergrad NGOpt on a few target examples; one PEFT adapter out")
     _command(sub, "generate", GenerateConfig, _generate,
              "greedy predictions for a split (base model, a single adapter, or an exported merged adapter)")
     _command(sub, "evaluate", EvaluateConfig, _evaluate,

@@ -39,7 +39,7 @@ class ModelOptions:
 
 
 @dataclass
-class TaskOptions:
+class DataOptions:
     data: str = opt("", "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare`")
     task: str = opt("qa", "task", choices=("qa", "summarization"))
     lang: str = opt("", "language code of the data (a key of the prompt table: en, ar, zh, or one you add with --prompts)")
@@ -129,17 +129,17 @@ class DataPrepareConfig:
 
 
 @dataclass
-class TrainAdapterConfig(LoraOptions, TrainOptions, TaskOptions, ModelOptions):
+class TrainAdapterConfig(LoraOptions, TrainOptions, DataOptions, ModelOptions):
     out: str = opt("", "output folder: the PEFT adapter, train_log.jsonl, val_log.jsonl, config.yaml")
 
 
 @dataclass
-class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, TaskOptions, ModelOptions):
+class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
     out: str = opt("", "output folder: history.jsonl, ratio.json, train/val logs, config.yaml")
 
 
 @dataclass
-class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, TaskOptions, ModelOptions):
+class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
     criterion: str = opt("input_weighted", "importance criterion of the pruning mask",
                          choices=("magnitude", "input_weighted", "sensitivity"))
     prune_ratio: float = opt(0.0, "fraction of every adapter tensor to drop (0 = Adaptive LoRA Merge, no pruning)")
@@ -149,7 +149,7 @@ class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, TaskOptions
 
 
 @dataclass
-class GenerateConfig(TaskOptions, ModelOptions):
+class GenerateConfig(DataOptions, ModelOptions):
     adapter: Optional[str] = opt(None, "a PEFT adapter folder to put on the base model (none: zero-shot)")
     split: str = opt("test", "which split of --data to generate for", choices=("train", "val", "micro_dev", "test"))
     out: str = opt("", "predictions file (JSONL): each record with index, prediction, references")
@@ -173,6 +173,27 @@ class EvaluateConfig:
     bertscore_batch_size: int = opt(32, "BERTScore batch size")
     bleu_tokenize: Optional[str] = opt(None, "sacrebleu tokenizer (default: zh for zh, intl for ar, 13a otherwise)")
     device: str = opt("auto", "torch device for BERTScore")
+
+
+@dataclass
+class TiesConfig(ModelOptions):
+    adapters: list = opt([], "PEFT adapter folders to merge, source first")
+    weights: list = opt([], "one weight per adapter (default: 1 each)")
+    density: float = opt(0.5, "TIES trimming: the fraction of each task vector kept (PEFT's density; 1 - prune ratio)")
+    out: str = opt("", "output folder for the merged PEFT adapter")
+
+
+@dataclass
+class LoraHubConfig(DataOptions, ModelOptions):
+    adapters: list = opt([], "PEFT adapter folders to compose (equal ranks and alpha), source first")
+    n_examples: int = opt(5, "target train examples whose loss is the objective")
+    budget: int = opt(40, "nevergrad NGOpt evaluations")
+    bound: float = opt(1.5, "weights are searched in [-bound, bound]")
+    l1: float = opt(0.05, "objective = loss + l1 * mean|w|")
+    seed: int = opt(42, "seed of the optimizer")
+    eval_batch_size: int = opt(8, "examples per forward pass")
+    max_length: int = opt(2200, "token budget of one example")
+    out: str = opt("", "output folder: the composed PEFT adapter and lorahub.json")
 
 
 @dataclass

@@ -183,28 +183,35 @@ def merged_layers(model: nn.Module) -> dict[str, MergedLoraLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, MergedLoraLinear)}
 
 
+def write_peft_adapter(out: str | Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], lora_alpha: float,
+                       dropout: float, base_id: str) -> None:
+    """Write {module path: (B, A)} as a standard PEFT LoRA adapter folder (each file atomically)."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    state, ranks = {}, set()
+    for path, (B, A) in factors.items():
+        ranks.add(A.shape[0])
+        state[f"base_model.model.{path}.lora_A.weight"] = A.detach().float().cpu().contiguous()
+        state[f"base_model.model.{path}.lora_B.weight"] = B.detach().float().cpu().contiguous()
+    (rank,) = ranks
+    targets = sorted({path.rsplit(".", 1)[-1] for path in factors})
+    config = LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_id)
+    cfg = json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+    with atomic_path(out / "adapter_model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_json(out / "adapter_config.json", cfg)
+
+
+@torch.no_grad()
 def export_peft(layers: dict[str, MergedLoraLinear], out: str | Path, base_id: str, dropout: float) -> None:
     """Write the merged (and masked) adapter as ONE standard PEFT LoRA adapter.
 
     sum:   rank sum_i r_i, B = [s_1 B_1 | s_2 B_2 | ...], A = [A_1; A_2; ...], lora_alpha = rank (scale 1)
     paper: rank r, B = sum_i B_i, A = sum_i A_i, lora_alpha = r (scale 1)
     """
-    from peft import LoraConfig
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    state, rank, targets = {}, None, set()
-    with torch.no_grad():
-        for path, layer in layers.items():
-            B, A = layer.factors()
-            rank = A.shape[0]
-            targets.add(path.rsplit(".", 1)[-1])
-            state[f"base_model.model.{path}.lora_A.weight"] = A.detach().float().cpu().contiguous()
-            state[f"base_model.model.{path}.lora_B.weight"] = B.detach().float().cpu().contiguous()
-    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=dropout, target_modules=sorted(targets),
-                        bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_id)
-    cfg = config.to_dict()
-    cfg = json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
-    with atomic_path(out / "adapter_model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    write_json(out / "adapter_config.json", cfg)
+    factors = {path: layer.factors() for path, layer in layers.items()}
+    rank = next(iter(factors.values()))[1].shape[0]
+    write_peft_adapter(out, factors, rank, dropout, base_id)

@@ -1,0 +1,121 @@
+"""The paper's training-free merge baselines (SPEC §1.10), each exported as one standard PEFT adapter.
+
+- TIES: PEFT's `add_weighted_adapter(..., combination_type="ties")` over the source and target adapters.
+- LoRAHub: per-adapter weights w in [-bound, bound] found by nevergrad NGOpt (40 evaluations) on the loss
+  of a few target train examples + l1 * mean|w|; the composed adapter is A = sum_i w_i A_i, B = sum_i w_i B_i.
+(Zero-shot, target-only LoRA and Adaptive LoRA Merge are `generate`, `train-adapter` and
+`finetune-merged --prune-ratio 0`.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import LoraHubConfig, TiesConfig, save_config
+from .data.prompts import get_prompt
+from .data.splits import load_split
+from .data.tokenize import encode_split
+from .errors import UserError
+from .io import write_json
+from .merge import check_compatible, inject, load_adapter, write_peft_adapter
+from .models import base_model_id, load_model, load_tokenizer, pick_device, resolve
+from .train import mean_loss
+
+PEFT_PREFIX = "base_model.model."
+
+
+def _check_adapters(paths: list[str], model: str, form: str = "sum"):
+    if len(paths) < 2:
+        raise UserError("--adapters needs two or more PEFT adapter folders, source first")
+    adapters = [load_adapter(p) for p in paths]
+    check_compatible(adapters, form, base_model_id(model))
+    return adapters
+
+
+def ties_merge(cfg: TiesConfig) -> dict:
+    """TIES-merge the adapters with PEFT and export the result as one adapter in OUT."""
+    from peft import PeftModel
+
+    if not cfg.out:
+        raise UserError("--out is required")
+    adapters = _check_adapters(cfg.adapters, cfg.model)
+    try:
+        weights = [float(w) for w in cfg.weights] or [1.0] * len(adapters)
+    except ValueError:
+        raise UserError(f"--weights {' '.join(cfg.weights)}: expected numbers") from None
+    if len(weights) != len(adapters):
+        raise UserError(f"--weights {weights}: give one weight per adapter ({len(adapters)})")
+    if not 0 < cfg.density <= 1:
+        raise UserError(f"--density {cfg.density}: must be in (0, 1] (the kept fraction; 1 - prune ratio)")
+    resolve(cfg.model)
+    model = PeftModel.from_pretrained(load_model(cfg.model, cfg.device, cfg.dtype), cfg.adapters[0], adapter_name="a0")
+    for i, path in enumerate(cfg.adapters[1:], 1):
+        model.load_adapter(path, adapter_name=f"a{i}")
+    names = [f"a{i}" for i in range(len(adapters))]
+    model.add_weighted_adapter(names, weights, "ties", combination_type="ties", density=cfg.density)
+    factors = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "ties" in module.lora_A:
+            B = module.lora_B["ties"].weight * module.scaling["ties"]  # fold the scale: export with scale 1
+            factors[name.removeprefix(PEFT_PREFIX)] = (B, module.lora_A["ties"].weight)
+    rank = next(iter(factors.values()))[1].shape[0]
+    write_peft_adapter(cfg.out, factors, rank, float(adapters[0].config.get("lora_dropout", 0.0)), base_model_id(cfg.model))
+    save_config(cfg, cfg.out)
+    return {"weights": weights, "density": cfg.density, "rank": rank}
+
+
+def compose(adapters, weights) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoRAHub's composition: B = sum_i w_i B_i, A = sum_i w_i A_i, per module."""
+    return {path: (sum(w * a.weights[path]["B"] for w, a in zip(weights, adapters)),
+                   sum(w * a.weights[path]["A"] for w, a in zip(weights, adapters)))
+            for path in adapters[0].weights}
+
+
+def lorahub(cfg: LoraHubConfig) -> dict:
+    """Search per-adapter weights gradient-free, then export the composed adapter to OUT."""
+    import nevergrad as ng
+
+    if not cfg.out or not cfg.data:
+        raise UserError("--data and --out are required")
+    adapters = _check_adapters(cfg.adapters, cfg.model, form="paper")  # composition needs equal ranks
+    alphas = {float(a.config["lora_alpha"]) for a in adapters}
+    if len(alphas) > 1:
+        raise UserError(f"--adapters: LoRAHub composes adapters with one lora_alpha, got {sorted(alphas)}")
+    prompt = get_prompt(cfg.task, cfg.lang, cfg.prompts)
+    records = load_split(cfg.data, "train", cfg.task)[: cfg.n_examples]
+    resolve(cfg.model)
+    device = pick_device(cfg.device)
+    tok = load_tokenizer(cfg.model)
+    examples = encode_split(tok, prompt, records, cfg.max_length)
+    model = load_model(cfg.model, cfg.device, cfg.dtype)
+    layers = inject(model, [adapters[0]], "sum", 0.0)  # one slot that each candidate fills
+
+    def objective(w: np.ndarray) -> float:
+        with torch.no_grad():
+            for path, (B, A) in compose(adapters, w.tolist()).items():
+                layers[path].lora_A[0].copy_(A)
+                layers[path].lora_B[0].copy_(B)
+        loss = mean_loss(model, examples, tok.pad_token_id, device, cfg.eval_batch_size)
+        return loss + cfg.l1 * float(np.mean(np.abs(w)))
+
+    param = ng.p.Array(init=np.zeros(len(adapters))).set_bounds(-cfg.bound, cfg.bound)
+    param.random_state = np.random.RandomState(cfg.seed)
+    optimizer = ng.optimizers.NGOpt(parametrization=param, budget=cfg.budget)
+    history = []
+    for _ in range(cfg.budget):
+        cand = optimizer.ask()
+        value = objective(cand.value)
+        optimizer.tell(cand, value)
+        history.append({"weights": cand.value.tolist(), "objective": value})
+    best = optimizer.provide_recommendation().value
+    best_value = objective(best)
+    scale = next(iter(alphas))
+    write_peft_adapter(cfg.out, compose(adapters, best.tolist()), scale,
+                       float(adapters[0].config.get("lora_dropout", 0.0)), base_model_id(cfg.model))
+    result = {"weights": best.tolist(), "objective": best_value, "evaluations": history}
+    write_json(Path(cfg.out) / "lorahub.json", result)
+    save_config(cfg, cfg.out)
+    return result
