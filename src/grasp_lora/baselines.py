@@ -42,10 +42,7 @@ def ties_merge(cfg: TiesConfig) -> dict:
     if not cfg.out:
         raise UserError("--out is required")
     adapters = _check_adapters(cfg.adapters, cfg.model)
-    try:
-        weights = [float(w) for w in cfg.weights] or [1.0] * len(adapters)
-    except ValueError:
-        raise UserError(f"--weights {' '.join(cfg.weights)}: expected numbers") from None
+    weights = cfg.weights or [1.0] * len(adapters)
     if len(weights) != len(adapters):
         raise UserError(f"--weights {weights}: give one weight per adapter ({len(adapters)})")
     if not 0 < cfg.density <= 1:

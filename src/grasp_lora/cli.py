@@ -10,12 +10,14 @@ import argparse
 import dataclasses
 import logging
 import sys
+import typing
 import warnings
 from typing import Any, Callable
 
 from . import __version__
-from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, FinetuneMergedConfig, GenerateConfig, LoraHubConfig,
-                     ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, build, field_types, load_yaml)
+from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, ExperimentConfig, FinetuneMergedConfig, GenerateConfig,
+                     LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, build, field_types,
+                     load_yaml)
 from .errors import NumericalError, UserError
 
 
@@ -37,10 +39,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.metadata.get("positional"):
             kwargs.pop("dest")
-            parser.add_argument(f.name, nargs="*", metavar=f.name.upper(), **kwargs)
+            nargs = "*" if typing.get_origin(tp) is list else "?"
+            parser.add_argument(f.name, nargs=nargs, metavar=f.name.upper(), **kwargs)
         elif tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif tp is list:
+        elif typing.get_origin(tp) is list:
             parser.add_argument(flag, nargs="+", metavar=f.name.upper(), **kwargs)
         else:
             metavar = None if kwargs.get("choices") else f.name.upper()
@@ -124,10 +127,25 @@ def _report(cfg: ReportConfig):
           f"({len(r['results'])} result rows)")
 
 
+def _run(cfg: ExperimentConfig):
+    from .pipeline import run_experiment
+
+    tables = run_experiment(cfg)
+    print_tables(cfg.out, tables)
+
+
+def print_tables(out: str, tables: dict) -> None:
+    from .report import results_markdown, runtime_markdown
+
+    print(results_markdown(tables["results"]))
+    print(runtime_markdown(tables["runtime"]))
+    print(f"report: {out}/report/results.md, runtime.md, controller.png, metrics.png")
+
+
 def _demo(cfg: DemoConfig):
     from .demo import run_demo
 
-    run_demo(cfg)
+    print_tables(cfg.out, run_demo(cfg))
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -155,6 +173,8 @@ def make_parser() -> argparse.ArgumentParser:
              "EM/F1 (qa) or BLEU/ROUGE-L (summarization), and BERTScore-F1, of a predictions file")
     _command(sub, "report", ReportConfig, _report,
              "the paper's tables (ours beside the paper's), the runtime table and plots from run folders")
+    _command(sub, "run", ExperimentConfig, _run,
+             "the whole protocol for one task, source -> target: data, adapters, baselines, grid, GRASP, report")
     _command(sub, "demo", DemoConfig, _demo,
              "run the protocol end to end on the packaged SmolLM2 and the bundled demo corpus (CPU)")
     return parser
@@ -167,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     overrides = {k: v for k, v in vars(args).items()
                  if not k.startswith("_") and k not in ("config", "command", "data_command", "verbose")}
+    config_file = args.config or overrides.get("experiment")  # `run EXPERIMENT.yaml` is its config
     try:
-        yaml_values = load_yaml(args.config) if args.config else {}
-        cfg = build(args._cls, yaml_values, overrides, source=args.config or "options")
+        yaml_values = load_yaml(config_file) if config_file else {}
+        cfg = build(args._cls, yaml_values, overrides, source=config_file or "options")
         args._fn(cfg)
     except (UserError, NumericalError) as e:
         print(f"grasp-lora: error: {e}", file=sys.stderr)

@@ -66,12 +66,12 @@ class LoraOptions:
     rank: int = opt(8, "LoRA rank r")
     alpha: float = opt(32.0, "LoRA alpha (scaling = alpha / r)")
     dropout: float = opt(0.05, "LoRA dropout")
-    target_modules: list = opt(["q_proj", "v_proj"], "names of the nn.Linear modules that get a LoRA adapter")
+    target_modules: list[str] = opt(["q_proj", "v_proj"], "names of the nn.Linear modules that get a LoRA adapter")
 
 
 @dataclass
 class MergeOptions:
-    adapters: list = opt([], "PEFT adapter folders to merge, source first (e.g. out/en out/ar)")
+    adapters: list[str] = opt([], "PEFT adapter folders to merge, source first (e.g. out/en out/ar)")
     merge_form: str = opt("sum", "sum: dW = sum_i (alpha_i/r_i) B_i A_i (exact); paper: dW = (sum B_i)(sum A_i), "
                                  "unscaled, as the authors' code computes it", choices=("sum", "paper"))
     dropout: Optional[float] = opt(None, "dropout on the merged adapters' input (default: the first adapter's lora_dropout)")
@@ -177,15 +177,15 @@ class EvaluateConfig:
 
 @dataclass
 class TiesConfig(ModelOptions):
-    adapters: list = opt([], "PEFT adapter folders to merge, source first")
-    weights: list = opt([], "one weight per adapter (default: 1 each)")
+    adapters: list[str] = opt([], "PEFT adapter folders to merge, source first")
+    weights: list[float] = opt([], "one weight per adapter (default: 1 each)")
     density: float = opt(0.5, "TIES trimming: the fraction of each task vector kept (PEFT's density; 1 - prune ratio)")
     out: str = opt("", "output folder for the merged PEFT adapter")
 
 
 @dataclass
 class LoraHubConfig(DataOptions, ModelOptions):
-    adapters: list = opt([], "PEFT adapter folders to compose (equal ranks and alpha), source first")
+    adapters: list[str] = opt([], "PEFT adapter folders to compose (equal ranks and alpha), source first")
     n_examples: int = opt(5, "target train examples whose loss is the objective")
     budget: int = opt(40, "nevergrad NGOpt evaluations")
     bound: float = opt(1.5, "weights are searched in [-bound, bound]")
@@ -198,15 +198,52 @@ class LoraHubConfig(DataOptions, ModelOptions):
 
 @dataclass
 class ReportConfig:
-    runs: list = opt([], "experiment or run folders to report on (searched for run.json, metrics.json, history.jsonl)",
+    runs: list[str] = opt([], "experiment or run folders to report on (searched for run.json, metrics.json, history.jsonl)",
                      positional=True)
     out: str = opt("report", "folder for results.md, results.csv, runtime.md, controller.png, metrics.png")
 
 
 @dataclass
+class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
+    experiment: Optional[str] = opt(None, "EXPERIMENT.yaml: the experiment's options (the same names as these flags)",
+                                    positional=True)
+    out: str = opt("runs/experiment", "output folder: one subfolder per stage, each with done.json once complete")
+    task: str = opt("qa", "task", choices=("qa", "summarization"))
+    dataset: str = opt("mlqa", "input format of both languages' data", choices=("mlqa", "xlsum"))
+    source_lang: str = opt("en", "source language (its adapter is merged first)")
+    target_lang: str = opt("ar", "target (low-resource) language")
+    source_input: str = opt("", "source data: a file or folder for `data prepare`")
+    target_input: str = opt("", "target data: a file or folder for `data prepare`")
+    source_sizes: Optional[str] = opt(None, "source TRAIN,VAL,MICRO,TEST (default: the paper's)")
+    target_sizes: Optional[str] = opt(None, "target TRAIN,VAL,MICRO,TEST (default: the paper's 50,50,16,100)")
+    scale_down: bool = opt(True, "shrink split sizes in proportion when a source is too small (said in splits.json)")
+    prompts: Optional[str] = opt(None, "YAML file with extra prompt templates")
+    seeds: list[int] = opt([42, 1337, 9001], "seeds of the final runs (Adaptive LoRA Merge, the grid, GRASP)")
+    grid: list[float] = opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], "prune ratios of the grid baseline")
+    grid_seeds: list[int] = opt([], "seeds of the grid (default: --seeds)")
+    methods: list[str] = opt(["zero_shot", "target_lora", "ties", "lorahub", "alm", "alm_grid", "grasp"],
+                        "rows of the table to produce")
+    merge_form: str = opt("sum", "merge form of the merged runs", choices=("sum", "paper"))
+    search_criterion: str = opt("magnitude", "importance criterion of the controller run",
+                                choices=("magnitude", "input_weighted", "sensitivity"))
+    final_criterion: str = opt("input_weighted", "importance criterion of the grid and final runs",
+                               choices=("magnitude", "input_weighted", "sensitivity"))
+    reprune: str = opt("every_step", "re-prune schedule of the grid and final runs", choices=("every_step", "once"))
+    ties_density: float = opt(0.5, "TIES: kept fraction of each task vector")
+    lorahub_examples: int = opt(5, "LoRAHub: target train examples in the objective")
+    lorahub_budget: int = opt(40, "LoRAHub: NGOpt evaluations")
+    generate_limit: int = opt(0, "evaluate on the first N test records only (0 = all)")
+    generate_batch_size: int = opt(8, "prompts per generate call")
+    max_new_tokens: int = opt(0, "new tokens per prediction (0 = the paper's per task)")
+    bertscore_model: str = opt("packaged:multilingual-e5-small", "BERTScore encoder (see `grasp-lora evaluate --help`)")
+    executor: str = opt("local", "independent trials (grid points, seeds) one after another, or as Ray Tune trials",
+                        choices=("local", "ray"))
+    ray_workers: int = opt(2, "with --executor ray: trials at once (one GPU each when GPUs exist)")
+
+
+@dataclass
 class DemoConfig(ModelOptions):
     out: str = opt("demo-out", "output folder of the demo")
-    max_steps: int = opt(40, "optimizer steps per training run at demo scale")
     seed: int = opt(42, "seed")
 
 
@@ -238,10 +275,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             if str(value).lower() in ("false", "no", "0"):
                 return False
             raise ValueError(value)
-        if tp in (list, typing.List) or typing.get_origin(tp) is list:
-            if isinstance(value, str):
-                return [v for v in value.replace(",", " ").split() if v]
-            return [str(v) for v in value]
+        if typing.get_origin(tp) is list:
+            (elem,) = typing.get_args(tp)
+            items = value.replace(",", " ").split() if isinstance(value, str) else value
+            if not isinstance(items, list):
+                raise ValueError(value)
+            return [coerce(v, elem, where) for v in items]
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return tp(value)
