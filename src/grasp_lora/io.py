@@ -48,11 +48,19 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
-    """Append one whole line; a crash leaves at most a line without its newline, which readers skip."""
+    """Append one whole line with a single write() on an O_APPEND descriptor: it lands whole or not at all."""
     line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-    with open(path, "ab") as f:
-        f.write(line)
-        f.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def truncate_jsonl(path: str | os.PathLike, keep) -> None:
+    """Rewrite a log keeping the rows for which keep(row) is true (a resumed run drops what it will redo)."""
+    if Path(path).is_file():
+        write_jsonl(path, [r for r in read_jsonl(path) if keep(r)])
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

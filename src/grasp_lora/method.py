@@ -22,7 +22,7 @@ from .data.prompts import get_prompt
 from .data.splits import load_split
 from .data.tokenize import encode_split
 from .errors import UserError
-from .io import append_jsonl, write_json
+from .io import append_jsonl, truncate_jsonl, write_json
 from .merge import MergedLoraLinear, check_compatible, export_peft, inject, load_adapter
 from .models import base_model_id, load_model, load_tokenizer, pick_device, resolve
 from .train import Hooks, LoopSettings, mean_loss, train
@@ -109,6 +109,16 @@ class PruneHooks(Hooks):
         if self.tracker is not None:
             self.tracker.update(self.setup.model)
 
+    def state_dict(self) -> dict:
+        return {"masks": prune.current_masks(self.setup.model), "norms": self._norms,
+                "tracker": self.tracker.state_dict() if self.tracker else None}
+
+    def load_state_dict(self, state: dict, step: int) -> None:
+        prune.set_masks(self.setup.model, state["masks"])
+        self._norms = state["norms"]
+        if self.tracker is not None:
+            self.tracker.load_state_dict(state["tracker"])
+
 
 class SearchHooks(PruneHooks):
     def __init__(self, setup: MergedSetup, cfg: SearchConfig):
@@ -127,6 +137,16 @@ class SearchHooks(PruneHooks):
         st = self.controller.state
         return {"p": st.p, "mu": st.mu, "sigma": st.sigma}
 
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "controller": self.controller.state_dict(), "probe_seconds": self.probe_seconds}
+
+    def load_state_dict(self, state: dict, step: int) -> None:
+        super().load_state_dict(state, step)
+        self.controller.load_state_dict(state["controller"])
+        self.probe_seconds = state["probe_seconds"]
+        if distributed.is_main():
+            truncate_jsonl(self.history, lambda r: r["step"] <= step)
 
     def controller_round(self, step: int) -> None:
         """Rank 0 probes and decides; every other rank takes its masks and state."""
@@ -172,7 +192,7 @@ def search(cfg: SearchConfig) -> tuple[dict, torch.nn.Module]:
     Returns ratio.json's content and the trained, masked model."""
     validate_search(cfg)
     setup = setup_merged(cfg, ("train", "val", "micro_dev"))
-    if distributed.is_main():
+    if distributed.is_main() and not (cfg.resume and (setup.out / "checkpoint.pt").is_file()):
         setup.out.joinpath("history.jsonl").unlink(missing_ok=True)
     hooks = SearchHooks(setup, cfg)
     hooks.prune_to(cfg.p_init)

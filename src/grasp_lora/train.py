@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
-from .errors import NumericalError
-from .io import append_jsonl
+from .errors import NumericalError, UserError
+from .io import append_jsonl, atomic_path, truncate_jsonl
 
 
 @dataclass
@@ -35,6 +35,8 @@ class LoopSettings:
     max_steps: int = 0
     seed: int = 42
     eval_batch_size: int = 8
+    checkpoint_every: int = 50
+    resume: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "LoopSettings":
@@ -115,87 +117,171 @@ class Hooks:
         """Called after each optimizer step; may return fields for the log line and the progress bar."""
         return None
 
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly (masks, controller state, RNGs)."""
+        return {}
+
+    def load_state_dict(self, state: dict, step: int) -> None:
+        """Restore `state_dict()`; drop log lines written after `step` (the checkpoint's)."""
+
+
+@dataclass
+class Progress:
+    """Where the loop is: saved in every checkpoint, so a killed run resumes at the same place."""
+
+    step: int = 0
+    epoch: int = 0
+    group: int = 0  # index of the next optimizer step's micro-batch group within the epoch
+    best: float = math.inf
+    bad_epochs: int = 0
+    seconds: float = 0.0  # training wall time before this process
+    stopped: str = ""  # why training ended: epochs | max_steps | early_stopping ("" while it runs)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, params, optimizer, scheduler, progress: Progress, hooks: Hooks) -> None:
+    state = {"params": [p.detach().cpu() for p in params], "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "progress": asdict(progress), "rng": rng_state(),
+             "hooks": hooks.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, params, optimizer, scheduler, hooks: Hooks) -> Progress:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a checkpoint we cannot read is the user's to delete, not a crash
+        raise UserError(f"{path}: cannot read the checkpoint ({e}); delete it or run without --resume") from None
+    if len(state["params"]) != len(params) or any(a.shape != p.shape for a, p in zip(state["params"], params)):
+        raise UserError(f"{path}: the checkpoint does not match this run's adapters; use another --out")
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"]):
+            p.copy_(saved.to(p.device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    progress = Progress(**state["progress"])
+    hooks.load_state_dict(state["hooks"], progress.step)
+    set_rng_state(state["rng"])
+    return progress
+
 
 def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], val_examples: list[dict],
           settings: LoopSettings, out_dir: str | Path, pad_id: int, device: torch.device,
           save_best: Callable[[], None], hooks: Optional[Hooks] = None, desc: str = "train") -> dict:
-    """Train `params` with AdamW + StepLR, early stopping on val loss; returns a summary."""
+    """Train `params` with AdamW + StepLR, early stopping on val loss; returns a summary.
+
+    A checkpoint (weights, optimizer, scheduler, RNGs, data position, hooks' state) is written every
+    `checkpoint_every` steps and at the end of each epoch; `resume` continues from it exactly.
+    """
     hooks = hooks or Hooks()
     out_dir = Path(out_dir)
     main = distributed.is_main()  # only rank 0 writes files and shows progress
-    train_log, val_log = out_dir / "train_log.jsonl", out_dir / "val_log.jsonl"
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for log in (train_log, val_log):
-            log.unlink(missing_ok=True)
+    train_log, val_log, ckpt = out_dir / "train_log.jsonl", out_dir / "val_log.jsonl", out_dir / "checkpoint.pt"
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=settings.gamma)
     hooks.on_start(optimizer)
-    steps_per_epoch = math.ceil(math.ceil(len(train_examples) / settings.batch_size) / settings.grad_accum)
-    total = settings.epochs * steps_per_epoch
+    progress = Progress()
+    if settings.resume and ckpt.is_file():
+        progress = load_checkpoint(ckpt, params, optimizer, scheduler, hooks)
+        if main:
+            truncate_jsonl(train_log, lambda r: r["step"] <= progress.step)
+            truncate_jsonl(val_log, lambda r: r["step"] <= progress.step)
+    elif main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for log in (train_log, val_log):
+            log.unlink(missing_ok=True)
+
+    groups_per_epoch = math.ceil(math.ceil(len(train_examples) / settings.batch_size) / settings.grad_accum)
+    total = settings.epochs * groups_per_epoch
     if settings.max_steps:
         total = min(total, settings.max_steps)
+    bar = tqdm(total=total, initial=progress.step, desc=desc, dynamic_ncols=True, disable=not main)
 
-    best, bad_epochs, step, start = math.inf, 0, 0, time.time()
-    stopped = "epochs"
-    bar = tqdm(total=total, desc=desc, dynamic_ncols=True, disable=not main)
+    def checkpoint():
+        if main:
+            progress.seconds += time.time() - start_of_segment[0]
+            start_of_segment[0] = time.time()
+            save_checkpoint(ckpt, params, optimizer, scheduler, progress, hooks)
 
-    def evaluate(epoch: int) -> bool:
-        nonlocal best, bad_epochs
+    start_of_segment = [time.time()]
+
+    def evaluate(epoch: int) -> None:
         val = mean_loss(model, val_examples, pad_id, device, settings.eval_batch_size)
         if not math.isfinite(val):
-            raise NumericalError(f"{desc}: val loss is {val} at step {step}; the best checkpoint in {out_dir} is intact")
-        improved = val < best
+            raise NumericalError(f"{desc}: val loss is {val} at step {progress.step}; "
+                                 f"the last good checkpoint in {out_dir} is intact")
+        improved = val < progress.best
         if improved:
-            best, bad_epochs = val, 0
+            progress.best, progress.bad_epochs = val, 0
             if main:
                 save_best()
         else:
-            bad_epochs += 1
+            progress.bad_epochs += 1
         if main:
-            append_jsonl(val_log, {"step": step, "epoch": epoch, "val_loss": val, "best": improved})
-        return improved
+            append_jsonl(val_log, {"step": progress.step, "epoch": epoch, "val_loss": val, "best": improved})
+
+    def finished() -> bool:
+        return bool(settings.max_steps) and progress.step >= settings.max_steps
 
     model.train()
-    for epoch in range(settings.epochs):
-        batches = _micro_batches(train_examples, epoch_order(len(train_examples), settings.seed, epoch), settings.batch_size)
-        for s in range(0, len(batches), settings.grad_accum):
-            group = batches[s:s + settings.grad_accum]
+    while not progress.stopped:
+        epoch = progress.epoch
+        order = epoch_order(len(train_examples), settings.seed, epoch)
+        batches = _micro_batches(train_examples, order, settings.batch_size)
+        groups = [batches[s:s + settings.grad_accum] for s in range(0, len(batches), settings.grad_accum)]
+        while progress.group < len(groups) and not finished():
+            group = groups[progress.group]
             local = []
             for mb in group[distributed.rank()::distributed.world()]:  # this rank's share of the step
                 loss = batch_loss(model, collate(mb, pad_id, device))
                 (loss / len(group)).backward()
                 local.append(loss.item())
-            total, count = distributed.sum_floats([float(np.sum(local)), float(len(local))], device)
-            loss_value = total / count
+            total_loss, count = distributed.sum_floats([float(np.sum(local)), float(len(local))], device)
+            loss_value = total_loss / count
             if not math.isfinite(loss_value):
-                raise NumericalError(f"{desc}: loss is {loss_value} at step {step + 1}; "
-                                     f"the best checkpoint in {out_dir} is intact")
+                raise NumericalError(f"{desc}: loss is {loss_value} at step {progress.step + 1}; "
+                                     f"the last good checkpoint in {out_dir} is intact")
             distributed.sum_gradients(params)
-            grads_finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
-            if not grads_finite:
-                raise NumericalError(f"{desc}: non-finite gradient at step {step + 1}; "
-                                     f"the best checkpoint in {out_dir} is intact")
-            hooks.before_step(step + 1)
+            if not all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+                raise NumericalError(f"{desc}: non-finite gradient at step {progress.step + 1}; "
+                                     f"the last good checkpoint in {out_dir} is intact")
+            hooks.before_step(progress.step + 1)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            extra = hooks.after_step(step)
+            progress.step += 1
+            progress.group += 1
+            extra = hooks.after_step(progress.step)
             if main:
-                append_jsonl(train_log, {"step": step, "epoch": epoch, "loss": loss_value,
+                append_jsonl(train_log, {"step": progress.step, "epoch": epoch, "loss": loss_value,
                                          "lr": optimizer.param_groups[0]["lr"], **(extra or {})})
             bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in (extra or {}).items()
                                                          if isinstance(v, float)})
             bar.update(1)
-            if settings.max_steps and step >= settings.max_steps:
-                stopped = "max_steps"
-                break
+            if settings.checkpoint_every and progress.step % settings.checkpoint_every == 0 \
+                    and progress.group < len(groups) and not finished():
+                checkpoint()
         evaluate(epoch)
         scheduler.step()
-        if stopped == "max_steps":
-            break
-        if settings.patience and bad_epochs >= settings.patience:
-            stopped = "early_stopping"
-            break
+        progress.epoch, progress.group = epoch + 1, 0
+        if finished():
+            progress.stopped = "max_steps"
+        elif settings.patience and progress.bad_epochs >= settings.patience:
+            progress.stopped = "early_stopping"
+        elif progress.epoch >= settings.epochs:
+            progress.stopped = "epochs"
+        checkpoint()
     bar.close()
-    return {"steps": step, "best_val_loss": best, "stopped": stopped, "seconds": time.time() - start}
+    seconds = progress.seconds + (time.time() - start_of_segment[0])
+    return {"steps": progress.step, "best_val_loss": progress.best, "stopped": progress.stopped, "seconds": seconds}
