@@ -2,7 +2,7 @@
 without the cache (the authors' setting), same model, prompts and budgets, measured in one run; and a check
 that both produce the same greedy text.
 
-    python benchmarks/bench_generate.py [--model packaged:smollm2-135m] [--n 16] [--max-new-tokens 32]
+    python benchmarks/bench_generate.py [--model packaged:smollm2-135m] [--n 16] [--max-new-tokens 64] [--lang ar]
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from grasp_lora.models import load_model, load_tokenizer
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="packaged:smollm2-135m")
-    ap.add_argument("--lang", default="en")
+    ap.add_argument("--lang", default="ar")
     ap.add_argument("--n", type=int, default=16, help="prompts (bundled demo QA)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="the paper's QA budget")
     args = ap.parse_args()
 
     tok = load_tokenizer(args.model)

@@ -73,13 +73,16 @@ def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
 
 def replay(history: list[dict], s: ControllerSettings) -> None:
     """Every logged update follows from the logged inputs through the SPEC §1.6 rules."""
+    nan = float("nan")
     for prev, rec in zip([None] + history[:-1], history):
+        rec = {**rec, "rewards": [nan if r is None else r for r in rec["rewards"]],
+               "losses": [nan if x is None else x for x in rec["losses"]]}
         if prev is not None:
             assert (rec["p"], rec["mu"], rec["sigma"]) == (prev["p_next"], prev["mu_next"], prev["sigma_next"])
         finite = [r if math.isfinite(r) else min(x for x in rec["rewards"] if math.isfinite(x)) for r in rec["rewards"]]
         adv = advantages(finite, s.advantage)
         assert np.allclose(adv, rec["advantages"])
-        assert np.allclose(rec["rewards"], [rec["base_loss"] - l for l in rec["losses"]])
+        assert np.allclose(rec["rewards"], [rec["base_loss"] - l for l in rec["losses"]], equal_nan=True)
         mu_next, sigma_next = policy_update(rec["mu"], rec["sigma"], rec["p"], rec["candidates"], adv, s)
         p_next, committed, _ = commit_rule(rec["p"], rec["candidates"], rec["rewards"], s)
         assert math.isclose(mu_next, rec["mu_next"]) and math.isclose(sigma_next, rec["sigma_next"])

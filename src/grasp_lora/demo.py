@@ -13,8 +13,8 @@ from pathlib import Path
 from .config import DemoConfig, ExperimentConfig
 
 DEMO_SCALE = dict(
-    source_sizes="96,16,0,16", target_sizes="48,16,16,32", max_steps=12, grad_accum=4, batch_size=2,
-    grid=[0.2, 0.4, 0.6, 0.8], seeds=[42], round_every=3, lr=1e-3, lorahub_budget=20, max_new_tokens=16,
+    source_sizes="96,16,0,16", target_sizes="48,16,16,32", max_steps=10, grad_accum=3, batch_size=2,
+    grid=[0.2, 0.4, 0.6, 0.8], seeds=[42], round_every=4, lr=1e-3, lorahub_budget=20, max_new_tokens=16,
     generate_batch_size=16, eval_batch_size=16,
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import EvaluateConfig
+from .config import EvaluateConfig, save_config
 from .errors import UserError
 from .io import write_json
 
@@ -28,6 +28,21 @@ def read_predictions(path: str) -> tuple[list[str], list[list[str]]]:
     return preds, refs
 
 
+def check_against_data(cfg: EvaluateConfig, references: list[list[str]]) -> None:
+    """Refuse predictions made for other data: same count, same references, line by line."""
+    from .data.records import references as record_references
+    from .data.splits import load_split
+
+    records = load_split(cfg.data, cfg.split, cfg.task)
+    if len(records) != len(references):
+        raise UserError(f"{cfg.predictions}: {len(references)} predictions but {cfg.data}/{cfg.split}.jsonl has "
+                        f"{len(records)} records; generate again for this split")
+    for n, (rec, refs) in enumerate(zip(records, references), 1):
+        if record_references(cfg.task, rec) != refs:
+            raise UserError(f"{cfg.predictions}: line {n}: references do not match record {rec['id']} of "
+                            f"{cfg.split}.jsonl; were these predictions made for this data?")
+
+
 def score(predictions: list[str], references: list[list[str]], task: str, lang: str, cfg: EvaluateConfig) -> dict:
     from .metrics.bertscore import bertscore
     from .models import pick_device
@@ -44,7 +59,7 @@ def score(predictions: list[str], references: list[list[str]], task: str, lang: 
 
         first = [r[0] for r in references]
         out.update(corpus_bleu(predictions, first, bleu_tokenizer(lang, cfg.bleu_tokenize)))
-        out.update(rouge_l(predictions, first, lang))
+        out.update(rouge_l(predictions, first, lang, cfg.rouge_tokenize))
     out.update(bertscore(predictions, references, lang, cfg.bertscore_model, cfg.bertscore_layer,
                          cfg.bertscore_batch_size, str(pick_device(cfg.device))))
     return out
@@ -56,7 +71,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if not cfg.out:
         raise UserError("--out is required: the metrics JSON to write")
     predictions, references = read_predictions(cfg.predictions)
+    if cfg.data:
+        check_against_data(cfg, references)
     metrics = score(predictions, references, cfg.task, cfg.lang, cfg)
     metrics["predictions"] = str(cfg.predictions)
     write_json(cfg.out, metrics)
+    save_config(cfg, Path(cfg.out).parent, f"{Path(cfg.out).stem}.config.yaml")
     return metrics

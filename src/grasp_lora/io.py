@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -32,29 +35,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:  # disk full, quota, read-only: the earlier file (if any) is still there
+        raise UserError(f"{path}: cannot write it ({e.strerror or e}); free some space or choose another output") from None
+
+
+def finite(obj: Any) -> Any:
+    """JSON has no NaN or Infinity: write non-finite floats as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw) -> str:
+    return json.dumps(finite(obj), ensure_ascii=False, allow_nan=False, **kw)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n")
+    write_text(path, dumps(obj, indent=2) + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(path, "".join(dumps(r) + "\n" for r in rows))
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one whole line with a single write() on an O_APPEND descriptor: it lands whole or not at all."""
-    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = (dumps(row) + "\n").encode("utf-8")
     try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise UserError(f"{path}: cannot append to it ({e.strerror or e}); free some space or choose another output") from None
 
 
 def truncate_jsonl(path: str | os.PathLike, keep) -> None:
@@ -94,3 +118,59 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+LOCK_NAME = ".grasp-lora.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold FOLDER/.grasp-lora.lock while a command writes FOLDER; a second writer is refused with the
+    holder's pid, host and command. A lock left by a dead process on this host is taken over."""
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{folder}: cannot create it ({e.strerror}); choose a writable output folder") from None
+    lock = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                holder = {}
+            same_host = holder.get("host") == me["host"]
+            if holder and same_host and not _alive(int(holder.get("pid", -1))):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            who = (f"pid {holder.get('pid')} on {holder.get('host')} ({holder.get('command')})" if holder
+                   else "an unreadable lock")
+            raise UserError(f"{folder}: another grasp-lora command is writing here: {who}; wait for it, "
+                            f"use another output folder, or delete {lock} if that process is gone") from None
+        except OSError as e:
+            raise UserError(f"{folder}: cannot write here ({e.strerror}); choose a writable output folder") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    for stale in folder.rglob(".*.tmp"):  # temp files of a killed writer: we hold the lock, nobody else writes
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # bad input stopped the command before it wrote anything: leave no empty folder

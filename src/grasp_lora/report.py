@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ReportConfig
+from .config import ReportConfig, save_config
 from .errors import UserError
 from .io import atomic_path, read_jsonl, write_json, write_text
 
@@ -276,6 +276,7 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
 def report(cfg: ReportConfig) -> dict:
     runs, histories = collect(cfg.runs)
     out = Path(cfg.out)
+    save_config(cfg, out)
     rows = result_rows(runs)
     rt = runtime_rows(runs)
     write_text(out / "results.md", "# Results\n" + results_markdown(rows))

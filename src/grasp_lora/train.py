@@ -7,6 +7,7 @@ write their adapter).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -57,10 +58,23 @@ def collate(examples: list[dict], pad_id: int, device: torch.device) -> dict[str
     return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
 
 
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (most transformers causal LMs do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token NLL of the next-token targets and the mask of target tokens, both [B, T-1]."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    """Per-token NLL of the next-token targets and their mask, [B, P] over the P positions that predict a
+    target token in some row. The LM head runs only there: prompts are long and targets short, and the
+    head over a 49k-50k vocabulary is a large share of a small model's forward and backward."""
     labels = batch["labels"][:, 1:]
+    positions = (labels != -100).any(0).nonzero().flatten()
+    kwargs = {"logits_to_keep": positions} if _keeps_logits(model) else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs).logits
+    if not kwargs:
+        logits = logits[:, positions]
+    labels = labels[:, positions]
     nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     return nll, labels != -100
 

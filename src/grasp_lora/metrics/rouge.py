@@ -10,7 +10,6 @@ from __future__ import annotations
 from .text import remove_punc, tokens
 
 XLSUM_LANG = {"en": "english", "ar": "arabic", "zh": "chinese"}
-ROUGE_TOKENIZERS = ("cjk_char", "xlsum")
 
 
 def _cjk_char_tokenizer(lang: str):

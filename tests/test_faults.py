@@ -1,0 +1,253 @@
+"""Numerical faults, killed writers, concurrent runs, and the bad-input suite across commands."""
+
+import json
+import math
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import grasp_lora.method as method
+import grasp_lora.train as train
+from conftest import cli, make_adapter, run_cli
+from grasp_lora.io import LOCK_NAME, read_jsonl
+
+
+def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
+    return ["search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data",
+            demo_data["ar"], "--lang", "ar", "--out", out, "--max-steps", 6, "--grad-accum", 2, "--round-every", 2,
+            "--checkpoint-every", 1, *extra]
+
+
+def test_nan_loss_stops_with_exit_3_and_checkpoint_intact(tmp_path, monkeypatch, capsys, tiny_model, demo_data):
+    real, calls = train.batch_loss, [0]
+
+    def nan_at_fifth(model, batch):
+        calls[0] += 1
+        loss = real(model, batch)
+        return loss * float("nan") if calls[0] == 5 else loss
+
+    monkeypatch.setattr(train, "batch_loss", nan_at_fifth)
+    out = tmp_path / "nan"
+    rc = cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
+             "--max-steps", 6, "--grad-accum", 2, "--checkpoint-every", 1)
+    err = capsys.readouterr().err
+    assert rc == 3 and "loss is nan at step 3" in err and "Traceback" not in err
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["progress"]["step"] == 2  # the last good step
+    assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == [1, 2]
+    monkeypatch.setattr(train, "batch_loss", real)
+    assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
+               "--max-steps", 6, "--grad-accum", 2, "--checkpoint-every", 1, "--resume") == 0
+    assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == list(range(1, 7))
+
+
+def test_nan_candidate_gets_no_commit_and_is_logged(tmp_path, monkeypatch, tiny_model, tiny_adapters, demo_data):
+    real, calls = method.mean_loss, [0]
+
+    def nan_for_candidates(*a, **k):
+        calls[0] += 1
+        loss = real(*a, **k)
+        return float("nan") if calls[0] % 4 in (2, 3, 0) else loss  # every probe is NaN, the base loss is not
+
+    monkeypatch.setattr(method, "mean_loss", nan_for_candidates)
+    out = tmp_path / "s"
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out)) == 0
+    hist = read_jsonl(out / "history.jsonl")
+    assert len(hist) == 3
+    for rec in hist:
+        assert rec["losses"] == [None, None, None] and rec["rewards"] == [None, None, None]
+        assert rec["committed"] is None and rec["p_next"] == rec["p"]
+    ratio = json.loads((out / "ratio.json").read_text())
+    assert ratio["rule"] == "committed" and ratio["prune_ratio"] == 0.4
+
+
+def test_killed_at_random_times_leaves_only_whole_files(tmp_path, tiny_model, tiny_adapters, demo_data):
+    rng = random.Random(7)
+    exe = Path(sys.executable).with_name("grasp-lora")
+    for i in range(4):
+        out = tmp_path / f"k{i}"
+        p = subprocess.Popen([str(exe), *map(str, search_args(tiny_model, tiny_adapters, demo_data, out,
+                                                               "--max-steps", 40))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 6.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        for f in out.rglob("*"):
+            if f.name.endswith(".tmp"):
+                assert f.name.startswith("."), f  # a killed writer's temp file is hidden, never an output
+                continue
+            if f.suffix == ".json":
+                json.loads(f.read_text())
+            elif f.suffix == ".jsonl":
+                text = f.read_text()
+                assert text == "" or text.endswith("\n")
+                [json.loads(line) for line in text.splitlines()]
+            elif f.suffix == ".pt":
+                torch.load(f, weights_only=False)
+        r = run_cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--max-steps", 8, "--resume"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert not list(out.rglob("*.tmp"))  # the next command clears a killed writer's temp files
+
+
+def test_second_writer_refused_and_stale_lock_taken_over(tmp_path, tiny_model, tiny_adapters, demo_data):
+    out = tmp_path / "locked"
+    exe = Path(sys.executable).with_name("grasp-lora")
+    first = subprocess.Popen([str(exe), *map(str, search_args(tiny_model, tiny_adapters, demo_data, out,
+                                                               "--max-steps", 200))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if (out / LOCK_NAME).is_file():
+                break
+            time.sleep(0.05)
+        r = run_cli(*search_args(tiny_model, tiny_adapters, demo_data, out))
+        assert r.returncode == 2
+        assert f"pid {first.pid}" in r.stderr and "grasp-lora search" in r.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (out / LOCK_NAME).is_file()  # the killed holder could not remove it: stale now
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out)) == 0
+    assert not (out / LOCK_NAME).exists()
+
+
+# ------------------------------------------------------------------ bad input across commands
+
+def one_line_error(capsys, rc, *needles):
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+@pytest.fixture
+def bad_adapters(tmp_path, tiny_model, tiny_adapters):
+    import shutil
+
+    def copy(name):
+        d = tmp_path / name
+        shutil.copytree(tiny_adapters["ar"], d)
+        return d
+
+    corrupt = copy("corrupt")
+    (corrupt / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
+    missing = copy("missing_field")
+    cfg = json.loads((missing / "adapter_config.json").read_text())
+    del cfg["lora_alpha"]
+    (missing / "adapter_config.json").write_text(json.dumps(cfg))
+    no_weights = copy("no_weights")
+    (no_weights / "adapter_model.safetensors").unlink()
+    return {"corrupt": corrupt, "missing_field": missing, "no_weights": no_weights}
+
+
+@pytest.mark.parametrize("case,needles", [
+    ("corrupt", ["corrupt/adapter_model.safetensors", "cannot read it"]),
+    ("missing_field", ["adapter_config.json", "missing field 'lora_alpha'"]),
+    ("no_weights", ["adapter_model.safetensors is missing"]),
+    ("other_base", ["different base models"]),
+    ("other_rank_paper", ["equal ranks"]),
+    ("other_targets", ["same modules"]),
+    ("not_an_adapter", ["not a PEFT adapter folder"]),
+])
+def test_bad_adapters(tmp_path, capsys, case, needles, tiny_model, tiny_qwen, tiny_adapters, bad_adapters, demo_data):
+    second = {"other_base": lambda: make_adapter(tiny_qwen, tmp_path / "qwen"),
+              "other_rank_paper": lambda: tiny_adapters["ar_r4"], "other_targets": lambda: tiny_adapters["ar_q"],
+              "not_an_adapter": lambda: tmp_path}.get(case, lambda: bad_adapters.get(case))()
+    extra = ["--merge-form", "paper"] if case == "other_rank_paper" else []
+    rc = cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], second, "--data",
+             demo_data["ar"], "--lang", "ar", "--out", tmp_path / "out", *extra)
+    one_line_error(capsys, rc, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_micro_dev(tmp_path, capsys, tiny_model, tiny_adapters):
+    from grasp_lora.demo import corpus_file
+
+    data = tmp_path / "d"
+    assert cli("data", "prepare", "--lang", "ar", "--input", corpus_file("qa", "ar"), "--out", data, "--sizes", "8,4,0,4") == 0
+    capsys.readouterr()
+    rc = cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data", data,
+             "--lang", "ar", "--out", tmp_path / "out")
+    one_line_error(capsys, rc, "micro_dev.jsonl", "empty split")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--p-min", "0.7", "--p-max", "0.2"], "p_min <= p_init <= p_max"),
+    (["--group-size", "0"], "--group-size 0"),
+    (["--round-every", "0"], "--round-every 0"),
+    (["--p-max", "1.5"], "p_max < 1"),
+])
+def test_bad_controller_options(tmp_path, capsys, extra, needle, tiny_model, tiny_adapters, demo_data):
+    rc = cli(*search_args(tiny_model, tiny_adapters, demo_data, tmp_path / "out", *extra))
+    one_line_error(capsys, rc, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_prune_ratio(tmp_path, capsys, tiny_model, tiny_adapters, demo_data):
+    rc = cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
+             "--data", demo_data["ar"], "--lang", "ar", "--prune-ratio", "1.2", "--out", tmp_path / "out")
+    one_line_error(capsys, rc, "--prune-ratio 1.2")
+
+
+def test_predictions_that_do_not_match_the_data(tmp_path, capsys, demo_data):
+    from grasp_lora.data.splits import load_split
+
+    test = load_split(demo_data["ar"], "test", "qa")
+    rows = [{"index": i, "prediction": "x", "references": r["answers"]} for i, r in enumerate(test)]
+    rows[2]["references"] = ["something else"]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--data", demo_data["ar"],
+             "--out", tmp_path / "m.json", "--bertscore-model", "none")
+    one_line_error(capsys, rc, "p.jsonl", "line 3", "do not match")
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:3]))
+    rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--data", demo_data["ar"],
+             "--out", tmp_path / "m.json", "--bertscore-model", "none")
+    one_line_error(capsys, rc, "3 predictions", f"{len(test)} records")
+    (tmp_path / "p.jsonl").write_text('{"prediction": 3}\n')
+    rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--out", tmp_path / "m.json")
+    one_line_error(capsys, rc, "line 1", "'prediction'")
+
+
+def test_output_folder_not_writable(tmp_path, capsys, tiny_model, demo_data):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    rc = cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", blocker / "out")
+    one_line_error(capsys, rc, "a-file/out", "cannot create it")
+
+
+def test_disk_full_keeps_earlier_outputs(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import grasp_lora.io as gio
+    from grasp_lora.demo import corpus_file
+
+    out = tmp_path / "d"
+    assert cli("data", "prepare", "--lang", "ar", "--input", corpus_file("qa", "ar"), "--out", out) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    capsys.readouterr()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gio.os, "fsync", full)
+    rc = cli("data", "prepare", "--lang", "ar", "--input", corpus_file("qa", "ar"), "--out", out, "--seed", "1")
+    one_line_error(capsys, rc, "No space left on device")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # untouched, no temp files left
+
+
+def test_bad_input_leaves_earlier_outputs_untouched(tmp_path, capsys):
+    from grasp_lora.demo import corpus_file
+
+    out = tmp_path / "d"
+    assert cli("data", "prepare", "--lang", "ar", "--input", corpus_file("qa", "ar"), "--out", out) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    (tmp_path / "bad.json").write_text("{")
+    one_line_error(capsys, cli("data", "prepare", "--lang", "ar", "--input", tmp_path / "bad.json", "--out", out))
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
