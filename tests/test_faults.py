@@ -119,7 +119,7 @@ def test_second_writer_refused_and_stale_lock_taken_over(tmp_path, tiny_model, t
 
 # ------------------------------------------------------------------ bad input across commands
 
-def one_line_error(capsys, rc, *needles):
+def check_one_line_error(capsys, rc, *needles):
     err = capsys.readouterr().err
     assert rc == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -163,7 +163,7 @@ def test_bad_adapters(tmp_path, capsys, case, needles, tiny_model, tiny_qwen, ti
     extra = ["--merge-form", "paper"] if case == "other_rank_paper" else []
     rc = cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], second, "--data",
              demo_data["ar"], "--lang", "ar", "--out", tmp_path / "out", *extra)
-    one_line_error(capsys, rc, *needles)
+    check_one_line_error(capsys, rc, *needles)
     assert not (tmp_path / "out").exists()
 
 
@@ -175,7 +175,7 @@ def test_empty_micro_dev(tmp_path, capsys, tiny_model, tiny_adapters):
     capsys.readouterr()
     rc = cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data", data,
              "--lang", "ar", "--out", tmp_path / "out")
-    one_line_error(capsys, rc, "micro_dev.jsonl", "empty split")
+    check_one_line_error(capsys, rc, "micro_dev.jsonl", "empty split")
 
 
 @pytest.mark.parametrize("extra,needle", [
@@ -186,14 +186,14 @@ def test_empty_micro_dev(tmp_path, capsys, tiny_model, tiny_adapters):
 ])
 def test_bad_controller_options(tmp_path, capsys, extra, needle, tiny_model, tiny_adapters, demo_data):
     rc = cli(*search_args(tiny_model, tiny_adapters, demo_data, tmp_path / "out", *extra))
-    one_line_error(capsys, rc, needle)
+    check_one_line_error(capsys, rc, needle)
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_prune_ratio(tmp_path, capsys, tiny_model, tiny_adapters, demo_data):
     rc = cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
              "--data", demo_data["ar"], "--lang", "ar", "--prune-ratio", "1.2", "--out", tmp_path / "out")
-    one_line_error(capsys, rc, "--prune-ratio 1.2")
+    check_one_line_error(capsys, rc, "--prune-ratio 1.2")
 
 
 def test_predictions_that_do_not_match_the_data(tmp_path, capsys, demo_data):
@@ -205,21 +205,21 @@ def test_predictions_that_do_not_match_the_data(tmp_path, capsys, demo_data):
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--data", demo_data["ar"],
              "--out", tmp_path / "m.json", "--bertscore-model", "none")
-    one_line_error(capsys, rc, "p.jsonl", "line 3", "do not match")
+    check_one_line_error(capsys, rc, "p.jsonl", "line 3", "do not match")
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:3]))
     rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--data", demo_data["ar"],
              "--out", tmp_path / "m.json", "--bertscore-model", "none")
-    one_line_error(capsys, rc, "3 predictions", f"{len(test)} records")
+    check_one_line_error(capsys, rc, "3 predictions", f"{len(test)} records")
     (tmp_path / "p.jsonl").write_text('{"prediction": 3}\n')
     rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--out", tmp_path / "m.json")
-    one_line_error(capsys, rc, "line 1", "'prediction'")
+    check_one_line_error(capsys, rc, "line 1", "'prediction'")
 
 
 def test_output_folder_not_writable(tmp_path, capsys, tiny_model, demo_data):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     rc = cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", blocker / "out")
-    one_line_error(capsys, rc, "a-file/out", "cannot create it")
+    check_one_line_error(capsys, rc, "a-file/out", "cannot create it")
 
 
 def test_disk_full_keeps_earlier_outputs(tmp_path, capsys, monkeypatch):
@@ -238,7 +238,7 @@ def test_disk_full_keeps_earlier_outputs(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(gio.os, "fsync", full)
     rc = cli("data", "prepare", "--lang", "ar", "--input", corpus_file("qa", "ar"), "--out", out, "--seed", "1")
-    one_line_error(capsys, rc, "No space left on device")
+    check_one_line_error(capsys, rc, "No space left on device")
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # untouched, no temp files left
 
 
@@ -249,5 +249,5 @@ def test_bad_input_leaves_earlier_outputs_untouched(tmp_path, capsys):
     assert cli("data", "prepare", "--lang", "ar", "--input", corpus_file("qa", "ar"), "--out", out) == 0
     before = {f.name: f.read_bytes() for f in out.iterdir()}
     (tmp_path / "bad.json").write_text("{")
-    one_line_error(capsys, cli("data", "prepare", "--lang", "ar", "--input", tmp_path / "bad.json", "--out", out))
+    check_one_line_error(capsys, cli("data", "prepare", "--lang", "ar", "--input", tmp_path / "bad.json", "--out", out))
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
