@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -92,8 +93,6 @@ def train_adapter(cfg: TrainAdapterConfig) -> dict:
 
 def load_adapter_config(path: str | Path) -> dict:
     """Read and check a PEFT adapter folder's adapter_config.json."""
-    import json
-
     path = Path(path)
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():

@@ -6,18 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import EvaluateConfig, save_config
+from .data.readers import jsonl_rows
 from .errors import UserError
 from .io import write_json
 
 
 def read_predictions(path: str) -> tuple[list[str], list[list[str]]]:
-    from .data.readers import _jsonl_rows
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--predictions {path}: no such file; write it with `grasp-lora generate`")
     preds, refs = [], []
-    for n, row in _jsonl_rows(p):
+    for n, row in jsonl_rows(p):
         pred, ref = row.get("prediction"), row.get("references")
         if not isinstance(pred, str):
             raise UserError(f"{p}: line {n} has no string 'prediction' field")

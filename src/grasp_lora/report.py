@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -96,8 +97,6 @@ def collect(folders: list[str]) -> tuple[list[dict], list[tuple[Path, list[dict]
         if not root.is_dir():
             raise UserError(f"{folder}: no such folder")
         for info in sorted(root.rglob("run.json")):
-            import json
-
             run = json.loads(info.read_text(encoding="utf-8"))
             metrics = info.with_name("metrics.json")
             run["metrics"] = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else None

@@ -7,6 +7,7 @@ write their adapter).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -61,7 +62,12 @@ def collate(examples: list[dict], pad_id: int, device: torch.device) -> dict[str
 def _keeps_logits(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (most transformers causal LMs do)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(cls: type) -> bool:  # once per model class, not on every forward
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,7 +82,7 @@ def read_squad_json(path: Path) -> list[dict]:
     return out
 
 
-def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
+def jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
     text = _nonempty_text(path)
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -99,7 +99,7 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
 def read_jsonl(path: Path, task: str) -> list[dict]:
     """XL-Sum JSONL (id, url, title, summary, text) or our normalised JSONL for either task."""
     out = []
-    for n, row in _jsonl_rows(path):
+    for n, row in jsonl_rows(path):
         where = f"line {n}"
         id_ = str(row.get("id", f"{path.stem}-{n}"))
         if task == "qa":

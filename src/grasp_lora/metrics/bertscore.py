@@ -7,6 +7,7 @@ or `none`. When the encoder cannot be had, the metric is reported unavailable, w
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -41,8 +42,6 @@ def resolve_encoder(spec: str, layer: int | None) -> dict:
         raise UserError(f"--bertscore-model {spec}: not a Hugging Face encoder folder (no config.json); "
                         f"use {PACKAGED_E5}, a local folder, hub:default or none")
     if layer is None:
-        import json
-
         layer = int(json.loads((path / "config.json").read_text())["num_hidden_layers"])
     return {"model_type": str(path), "num_layers": layer, "name": str(path.resolve())}
 
