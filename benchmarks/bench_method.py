@@ -29,7 +29,7 @@ from grasp_lora.demo import corpus_file
 from grasp_lora.merge import MergedLoraLinear, inject, load_adapter
 from grasp_lora.method import search
 from grasp_lora.models import load_model, load_tokenizer
-from grasp_lora.train import batch_loss, collate
+from grasp_lora.train import collate, example_nll
 
 
 def make_adapters(model: str, root: Path) -> list[str]:
@@ -77,7 +77,7 @@ def step_ratio(model: str, root: Path, adapters: list[str], steps: int) -> dict:
         m, opt = models[name]
         start = time.perf_counter()
         for b in batches:
-            (batch_loss(m, b) / len(batches)).backward()
+            (example_nll(m, b).sum() / len(batches)).backward()
         opt.step()
         opt.zero_grad()
         return time.perf_counter() - start
@@ -100,7 +100,7 @@ def forward_ratio(tokens: int, repeats: int) -> dict:
         base = torch.nn.Linear(d_in, d_out, bias=False)
         As = [torch.randn(8, d_in) * 0.01 for _ in range(2)]
         Bs = [torch.randn(d_out, 8) * 0.01 for _ in range(2)]
-        layer = MergedLoraLinear(base, As, Bs, [4.0, 4.0], "paper", 0.0).eval()
+        layer = MergedLoraLinear(base, As, Bs, [4.0, 4.0], "paper", [0.0]).eval()
         x = torch.randn(1, tokens, d_in)
 
         def ours():

@@ -1,6 +1,6 @@
-"""Run a grasp-lora command and SIGKILL this process at the N-th micro-batch (usage: kill_worker.py N ARGS...).
+"""Run a grasp-lora command and SIGKILL this process at the N-th loss forward (usage: kill_worker.py N ARGS...).
 
-The kill lands inside an optimizer step, after some micro-batches' backward passes, like a real crash."""
+A training micro-batch, a val or a micro-dev batch: the kill lands mid-step or mid-probe, like a real crash."""
 
 import os
 import signal
@@ -11,15 +11,15 @@ from grasp_lora.cli import main
 
 kill_at = int(sys.argv[1])
 calls = [0]
-real_batch_loss = train.batch_loss
+real_example_nll = train.example_nll
 
 
-def batch_loss(model, batch):
+def example_nll(model, batch):
     calls[0] += 1
     if calls[0] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_batch_loss(model, batch)
+    return real_example_nll(model, batch)
 
 
-train.batch_loss = batch_loss
+train.example_nll = example_nll
 sys.exit(main(sys.argv[2:]))

@@ -25,14 +25,14 @@ def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
 
 
 def test_nan_loss_stops_with_exit_3_and_checkpoint_intact(tmp_path, monkeypatch, capsys, tiny_model, demo_data):
-    real, calls = train.batch_loss, [0]
+    real, calls = train.example_nll, [0]
 
     def nan_at_fifth(model, batch):
         calls[0] += 1
         loss = real(model, batch)
         return loss * float("nan") if calls[0] == 5 else loss
 
-    monkeypatch.setattr(train, "batch_loss", nan_at_fifth)
+    monkeypatch.setattr(train, "example_nll", nan_at_fifth)
     out = tmp_path / "nan"
     rc = cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
              "--max-steps", 6, "--grad-accum", 2, "--checkpoint-every", 1)
@@ -41,7 +41,7 @@ def test_nan_loss_stops_with_exit_3_and_checkpoint_intact(tmp_path, monkeypatch,
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["progress"]["step"] == 2  # the last good step
     assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == [1, 2]
-    monkeypatch.setattr(train, "batch_loss", real)
+    monkeypatch.setattr(train, "example_nll", real)
     assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
                "--max-steps", 6, "--grad-accum", 2, "--checkpoint-every", 1, "--resume") == 0
     assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == list(range(1, 7))

@@ -60,6 +60,9 @@ def test_report_renders(tmp_path, experiment):
     grasp_line = next(l for l in md.splitlines() if l.startswith("| GRASP"))
     assert "±" in grasp_line and "| 2 |" in grasp_line  # mean ± std over two seeds
     assert "n/a*" in md and "BERTScore unavailable" in md
+    ratio = json.loads((experiment / "grasp_search" / "ratio.json").read_text())
+    chosen = md.split("## How p* was chosen")[1]
+    assert f"| {ratio['prune_ratio']:.3f} | {ratio['rule']} | {ratio['rounds']} |" in chosen
     csv_text = (out / "results.csv").read_text()
     assert csv_text.splitlines()[0].startswith("task,lang,method") and len(csv_text.splitlines()) == 5
     runtime = (out / "runtime.md").read_text()

@@ -76,7 +76,8 @@ class MergeOptions:
     adapters: list[str] = opt([], "PEFT adapter folders to merge, source first (e.g. out/en out/ar)")
     merge_form: str = opt("sum", "sum: dW = sum_i (alpha_i/r_i) B_i A_i (exact); paper: dW = (sum B_i)(sum A_i), "
                                  "unscaled, as the authors' code computes it", choices=("sum", "paper"))
-    dropout: Optional[float] = opt(None, "dropout on the merged adapters' input (default: the first adapter's lora_dropout)")
+    dropout: Optional[float] = opt(None, "LoRA dropout of every merged adapter (default: sum form, each adapter's own "
+                                         "lora_dropout, one draw per adapter as PEFT; paper form, none as the authors)")
 
 
 @dataclass
@@ -85,7 +86,9 @@ class PruneOptions:
                          choices=("magnitude", "input_weighted", "sensitivity"))
     scope: str = opt("per_tensor", "per_tensor: drop the ratio in every A_i and B_i; global: one threshold for all",
                      choices=("per_tensor", "global"))
-    reset: str = opt("zero", "what a newly pruned entry becomes: zero, or init (its loaded value)", choices=("zero", "init"))
+    reset: str = opt("keep", "the value a pruned entry has when a trial or a commit revives it: keep (its value when "
+                             "pruned, the authors' stash), zero, or init (its loaded value)",
+                     choices=("keep", "zero", "init"))
 
 
 @dataclass
@@ -107,7 +110,7 @@ class ControllerOptions:
                                       "candidate (the authors' code)", choices=("bounded", "candidate"))
     ratio_rule: str = opt("best_trial", "the learned ratio p*: best-reward candidate of the run (the authors), "
                                         "final committed ratio, or final policy mean",
-                          choices=("best_trial", "committed", "policy_mean"))
+                          choices=("best_trial", "committed", "policy_mean", "pooled"))
     advantage: str = opt("none", "advantages r - mean(r) (none, the paper) or also divided by std(r)",
                          choices=("none", "std"))
 
@@ -137,6 +140,8 @@ class TrainAdapterConfig(LoraOptions, TrainOptions, DataOptions, ModelOptions):
 
 @dataclass
 class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
+    grad_accum: int = opt(1, "micro-batches per optimizer step (the authors' controller run: 1, so 50 examples "
+                             "give 50 steps and 5 rounds at K = 10)")
     out: str = opt("", "output folder: history.jsonl, ratio.json, train/val logs, config.yaml")
 
 
@@ -231,6 +236,11 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
     methods: list[str] = opt(["zero_shot", "target_lora", "ties", "lorahub", "alm", "alm_grid", "grasp"],
                         "rows of the table to produce")
     merge_form: str = opt("sum", "merge form of the merged runs", choices=("sum", "paper"))
+    search_batch_size: int = opt(1, "examples per micro-batch of the controller run (the final and grid runs: --batch-size)")
+    search_grad_accum: int = opt(1, "micro-batches per optimizer step of the controller run (the authors: 1; the final "
+                                    "and grid runs: --grad-accum)")
+    search_max_steps: Optional[int] = opt(None, "step cap of the controller run (default: the steps that see as many "
+                                                "examples as --max-steps does in a final run; 0 = no cap)")
     search_criterion: str = opt("magnitude", "importance criterion of the controller run",
                                 choices=("magnitude", "input_weighted", "sensitivity"))
     final_criterion: str = opt("input_weighted", "importance criterion of the grid and final runs",

@@ -1,15 +1,18 @@
 """The GRPO-style controller that learns the prune ratio online (SPEC §1.6).
 
-Pure functions hold the math (sampling, advantages, the policy update, the commit rule) so a test can
-replay `history.jsonl` through them; `Controller` runs one round on a model. The controller has its own
-RNG (numpy PCG64), separate from data shuffling and torch.
+Pure functions hold the math (sampling, advantages, the policy update, the commit rule, the ratio rules)
+so a test can replay `history.jsonl` through them; `Controller` runs one round on a model. The controller
+has its own RNG (numpy PCG64), separate from data shuffling and torch.
+
+The learned ratio p* is read off the run by a *ratio rule*, registered by name in RATIO_RULES: a rule is
+one function of the controller's state; `ratio.json` records what every rule gives.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -33,7 +36,7 @@ class ControllerSettings:
     controller_seed: int = 42
     importance_refresh: str = "once"  # once | every_round
     commit_mask: str = "bounded"  # bounded | candidate
-    ratio_rule: str = "best_trial"  # best_trial | committed | policy_mean
+    ratio_rule: str = "best_trial"  # a name in RATIO_RULES
     advantage: str = "none"  # none | std
 
     @classmethod
@@ -96,6 +99,84 @@ class ControllerState:
     best_reward: float = -math.inf
     best_candidate: float | None = None
     rounds: int = 0
+    # every probe so far, one [p, base_loss, candidates, losses] per round (what pooled rules read)
+    trials: list = field(default_factory=list)
+
+    @classmethod
+    def from_history(cls, history: list[dict]) -> "ControllerState":
+        """The state after the last round of `history.jsonl`: any ratio rule, new ones included, can be read
+        off a finished run without running it again."""
+        last = history[-1]
+        st = cls(p=last["p_next"], mu=last["mu_next"], sigma=last["sigma_next"], rounds=len(history))
+        for rec in history:
+            for r, c in zip(rec["rewards"], rec["candidates"]):
+                if r is not None and math.isfinite(r) and r > st.best_reward:
+                    st.best_reward, st.best_candidate = r, c
+            st.trials.append([rec["p"], rec["base_loss"], rec["candidates"], rec["losses"]])
+        return st
+
+
+# ------------------------------------------------------------------ ratio rules: the learned ratio p*
+
+RatioRule = Callable[[ControllerState, ControllerSettings], "float | None"]
+RATIO_RULES: dict[str, RatioRule] = {}
+
+
+def ratio_rule(name: str) -> Callable[[RatioRule], RatioRule]:
+    """Register a rule that reads p* off the controller's state (None: it cannot tell yet)."""
+    def register(fn: RatioRule) -> RatioRule:
+        RATIO_RULES[name] = fn
+        return fn
+    return register
+
+
+@ratio_rule("best_trial")
+def best_trial(st: ControllerState, s: ControllerSettings) -> float | None:
+    """The single candidate with the largest reward over the run (the authors)."""
+    return st.best_candidate
+
+
+@ratio_rule("committed")
+def committed_ratio(st: ControllerState, s: ControllerSettings) -> float | None:
+    return st.p
+
+
+@ratio_rule("policy_mean")
+def policy_mean(st: ControllerState, s: ControllerSettings) -> float | None:
+    return st.mu
+
+
+def pooled_fit(trials: list, p_min: float, p_max: float) -> tuple[float, np.ndarray] | None:
+    """Least-squares fit of every probe's loss, L = c_round + a*rho + b*rho^2: one offset per round (the
+    model moves between rounds), one curve shared by all. Each round's base loss is a probe at its
+    committed p. Returns (argmin of the curve on [p_min, p_max], [a, b]) or None with < 3 distinct ratios."""
+    rows, ys = [], []
+    finite_rounds = []
+    for p, base, cands, losses in trials:
+        pts = [(p, base)] + [(c, l) for c, l in zip(cands, losses) if l is not None and math.isfinite(l)]
+        if math.isfinite(base) and len(pts) > 1:
+            finite_rounds.append(pts)
+    ratios = {round(r, 9) for pts in finite_rounds for r, _ in pts}
+    if len(ratios) < 3:
+        return None
+    n_rounds = len(finite_rounds)
+    for k, pts in enumerate(finite_rounds):
+        for r, loss in pts:
+            onehot = [0.0] * n_rounds
+            onehot[k] = 1.0
+            rows.append(onehot + [r, r * r])
+            ys.append(loss)
+    coef = np.linalg.lstsq(np.asarray(rows), np.asarray(ys), rcond=None)[0]
+    a, b = coef[-2:]
+    grid = np.linspace(p_min, p_max, 701)
+    return float(grid[np.argmin(a * grid + b * grid ** 2)]), np.asarray([a, b])
+
+
+@ratio_rule("pooled")
+def pooled(st: ControllerState, s: ControllerSettings) -> float | None:
+    """The minimum of one loss-vs-ratio curve fitted to every probe of the run (rewards pooled over rounds)."""
+    fit = pooled_fit(st.trials, s.p_min, s.p_max)
+    return None if fit is None else fit[0]
 
 
 class Controller:
@@ -123,12 +204,10 @@ class Controller:
         base_loss = self.loss_fn()
         scores = self.scores()
         candidates = sample_candidates(self.rng, st.mu, st.sigma, s.group_size, s.p_min, s.p_max)
-        committed_masks = prune.current_masks(model)
         losses = []
         for rho in candidates:
-            prune.set_masks(model, prune.masks_for_ratio(scores, rho, self.scope))
-            losses.append(self.loss_fn())
-            prune.set_masks(model, committed_masks)  # exact revert: only the mask buffers changed
+            with prune.trial(model, prune.masks_for_ratio(scores, rho, self.scope)):
+                losses.append(self.loss_fn())
         rewards = [base_loss - l if math.isfinite(l) else float("nan") for l in losses]
         finite = [r if math.isfinite(r) else min((x for x in rewards if math.isfinite(x)), default=0.0) for r in rewards]
         adv = advantages(finite, s.advantage)
@@ -139,6 +218,7 @@ class Controller:
         for r, c in zip(rewards, candidates):
             if math.isfinite(r) and r > st.best_reward:
                 st.best_reward, st.best_candidate = r, c
+        st.trials.append([st.p, base_loss, candidates, [l if math.isfinite(l) else None for l in losses]])
         record = {
             "step": step, "p": st.p, "mu": st.mu, "sigma": st.sigma, "candidates": candidates,
             "base_loss": base_loss, "losses": losses, "rewards": rewards, "advantages": adv,
@@ -151,16 +231,15 @@ class Controller:
         return record
 
     def result(self) -> dict:
+        """ratio.json: p* by the asked rule (the committed ratio when that rule cannot tell, e.g. no
+        finite trial; `rule` says which was used) and what every registered rule gives."""
         st = self.state
-        if self.s.ratio_rule == "best_trial" and st.best_candidate is not None:
-            ratio, rule = st.best_candidate, "best_trial"
-        elif self.s.ratio_rule == "policy_mean":
-            ratio, rule = st.mu, "policy_mean"
-        else:
-            # best_trial with no finite positive trial falls back to the committed ratio; the rule says so
-            ratio, rule = st.p, "committed"
-        return {"prune_ratio": ratio, "rule": rule, "asked_rule": self.s.ratio_rule,
+        by_rule = {name: fn(st, self.s) for name, fn in RATIO_RULES.items()}
+        rule = self.s.ratio_rule if by_rule[self.s.ratio_rule] is not None else "committed"
+        return {"prune_ratio": by_rule[rule], "rule": rule, "asked_rule": self.s.ratio_rule,
+                "by_rule": by_rule, "trials": sum(len(t[2]) for t in st.trials),
                 "best_reward": st.best_reward if math.isfinite(st.best_reward) else None,
+                "best_candidate": st.best_candidate,
                 "rounds": st.rounds, "final_p": st.p, "final_mu": st.mu, "final_sigma": st.sigma}
 
     def state_dict(self) -> dict:

@@ -4,7 +4,10 @@ Two forms, both computed through the low-rank path (never a d_out x d_in matrix 
 - `sum`   (exact):  dW = sum_i s_i B_i A_i, s_i = alpha_i / r_i;  y += B_cat diag(s) (A_cat x)
 - `paper` (the authors' code): dW = (sum_i B_i)(sum_i A_i), no scaling, equal ranks
 
-Masks (prune.py) are applied in the forward as w * mask, so masked entries also get zero gradient.
+Masks (prune.py) are applied in the forward as w * mask, so masked entries also get zero gradient. Each
+tensor has a `stash` beside it: the value a masked entry takes when a trial or a commit revives it.
+Dropout, as PEFT: one per adapter in the `sum` form (each adapter's own rate); the `paper` form has one
+on the shared input, none by default (the authors' code has none).
 Export writes ONE standard PEFT adapter that reproduces the merged layer exactly.
 """
 
@@ -99,19 +102,22 @@ class MergedLoraLinear(nn.Module):
     """A frozen nn.Linear plus N trainable LoRA adapters combined in the `sum` or `paper` form."""
 
     def __init__(self, base: nn.Linear, As: list[torch.Tensor], Bs: list[torch.Tensor], scales: list[float],
-                 form: str, dropout: float):
+                 form: str, dropouts: list[float]):
+        """`dropouts`: one rate per adapter (`sum`) or one for the shared input (`paper`)."""
         super().__init__()
         if form not in FORMS:
-            raise UserError(f"--merge-form {form}: choose one of {', '.join(FORMS)}")
+            raise ValueError(f"merge form {form!r}: choose one of {', '.join(FORMS)}")
+        if len(dropouts) != (len(As) if form == "sum" else 1):
+            raise ValueError(f"{len(dropouts)} dropout rates for {len(As)} adapters in the {form} form")
         self.base, self.form = base, form
         dev = base.weight.device
         self.lora_A = nn.ParameterList([nn.Parameter(a.clone().float().to(dev)) for a in As])
         self.lora_B = nn.ParameterList([nn.Parameter(b.clone().float().to(dev)) for b in Bs])
         self.scales = list(scales)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        for i in range(len(As)):
-            self.register_buffer(f"mask_A{i}", torch.ones_like(self.lora_A[i], dtype=torch.bool), persistent=False)
-            self.register_buffer(f"mask_B{i}", torch.ones_like(self.lora_B[i], dtype=torch.bool), persistent=False)
+        self.dropouts = nn.ModuleList([nn.Dropout(p) if p > 0 else nn.Identity() for p in dropouts])
+        for slot in self.slots():
+            self.register_buffer(f"mask_{slot}", torch.ones_like(self.param(slot), dtype=torch.bool), persistent=False)
+            self.register_buffer(f"stash_{slot}", torch.zeros_like(self.param(slot)), persistent=False)
 
     # slots name the trainable tensors: "A0", "B0", "A1", ...
     def slots(self) -> list[str]:
@@ -125,6 +131,13 @@ class MergedLoraLinear(nn.Module):
 
     def set_mask(self, slot: str, mask: torch.Tensor) -> None:
         getattr(self, f"mask_{slot}").copy_(mask)
+
+    def stash(self, slot: str) -> torch.Tensor:
+        return getattr(self, f"stash_{slot}")
+
+    def full(self, slot: str) -> torch.Tensor:
+        """Every entry at the value it has when kept: the live weight, or the stash where masked."""
+        return torch.where(self.mask(slot), self.param(slot), self.stash(slot))
 
     def masked(self, slot: str) -> torch.Tensor:
         return self.param(slot) * self.mask(slot)
@@ -140,10 +153,18 @@ class MergedLoraLinear(nn.Module):
             B = sum(self.masked(f"B{i}") for i in range(n))
         return B, A
 
+    def _dropout_active(self) -> bool:
+        return self.training and any(isinstance(d, nn.Dropout) for d in self.dropouts)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if self.form == "sum" and self._dropout_active():
+            # one dropout draw per adapter (as PEFT), so the adapters cannot share one factor product
+            delta = sum(((d(x).to(self.lora_A[i].dtype) @ self.masked(f"A{i}").T) @ self.masked(f"B{i}").T) * s
+                        for i, (d, s) in enumerate(zip(self.dropouts, self.scales)))
+            return y + delta.to(y.dtype)
         B, A = self.factors()
-        h = self.dropout(x).to(A.dtype)
+        h = self.dropouts[0](x).to(A.dtype)
         return y + ((h @ A.T) @ B.T).to(y.dtype)
 
 
@@ -159,8 +180,18 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
-def inject(model: nn.Module, adapters: list[LoadedAdapter], form: str, dropout: float) -> dict[str, MergedLoraLinear]:
-    """Replace each adapted nn.Linear of `model` by a MergedLoraLinear holding every adapter's A and B."""
+def dropout_rates(adapters: list[LoadedAdapter], form: str, dropout: float | None) -> list[float]:
+    """Per adapter its own lora_dropout (`sum`, as PEFT), none for `paper` (as the authors); `dropout` overrides."""
+    if form == "paper":
+        return [dropout or 0.0]
+    return [float(a.config.get("lora_dropout") or 0.0) if dropout is None else dropout for a in adapters]
+
+
+def inject(model: nn.Module, adapters: list[LoadedAdapter], form: str, dropout: float | None = None
+           ) -> dict[str, MergedLoraLinear]:
+    """Replace each adapted nn.Linear of `model` by a MergedLoraLinear holding every adapter's A and B.
+    `dropout` (None: see dropout_rates) applies to every adapter."""
+    rates = dropout_rates(adapters, form, dropout)
     layers = {}
     for path in sorted(adapters[0].weights):
         base = _get_module(model, path)
@@ -173,7 +204,7 @@ def inject(model: nn.Module, adapters: list[LoadedAdapter], form: str, dropout: 
             if A.shape[1] != base.in_features or B.shape[0] != base.out_features:
                 raise UserError(f"{a.path}: {path} is {B.shape[0]}x{A.shape[1]} but the model's layer is "
                                 f"{base.out_features}x{base.in_features}; the adapter was made for another base model")
-        layer = MergedLoraLinear(base, As, Bs, [a.scale for a in adapters], form, dropout)
+        layer = MergedLoraLinear(base, As, Bs, [a.scale for a in adapters], form, rates)
         _set_module(model, path, layer)
         layers[path] = layer
     return layers

@@ -57,13 +57,14 @@ def setup_merged(cfg, splits: tuple[str, ...]) -> MergedSetup:
     adapters = [load_adapter(p) for p in cfg.adapters]
     base_id = base_model_id(cfg.model)
     check_compatible(adapters, cfg.merge_form, base_id)
-    dropout = float(adapters[0].config.get("lora_dropout", 0.0)) if cfg.dropout is None else cfg.dropout
+    # the exported adapter's lora_dropout: the override, else the first adapter's
+    dropout = float(adapters[0].config.get("lora_dropout") or 0.0) if cfg.dropout is None else cfg.dropout
 
     tok = load_tokenizer(cfg.model)
     examples = {s: encode_split(tok, prompt, r, cfg.max_length) for s, r in records.items()}
     model = load_model(cfg.model, str(device), cfg.dtype)
     torch.manual_seed(cfg.seed)  # dropout draws from the global RNG
-    layers = inject(model, adapters, cfg.merge_form, dropout)
+    layers = inject(model, adapters, cfg.merge_form, cfg.dropout)
     out = prepare_out_dir(cfg.out)
     if distributed.is_main():
         save_config(cfg, out)
@@ -110,11 +111,12 @@ class PruneHooks(Hooks):
             self.tracker.update(self.setup.model)
 
     def state_dict(self) -> dict:
-        return {"masks": prune.current_masks(self.setup.model), "norms": self._norms,
-                "tracker": self.tracker.state_dict() if self.tracker else None}
+        return {"masks": prune.current_masks(self.setup.model), "stashes": prune.stashes(self.setup.model),
+                "norms": self._norms, "tracker": self.tracker.state_dict() if self.tracker else None}
 
     def load_state_dict(self, state: dict, step: int) -> None:
         prune.set_masks(self.setup.model, state["masks"])
+        prune.set_stashes(self.setup.model, state["stashes"])
         self._norms = state["norms"]
         if self.tracker is not None:
             self.tracker.load_state_dict(state["tracker"])

@@ -88,6 +88,15 @@ class Experiment:
         return {"train_seconds": time.time() - start, "val_loss": summary["best_val_loss"]}
 
 
+def search_batching(c: ExperimentConfig) -> dict:
+    """The controller run's own micro-batching; by default its step cap sees as many examples as a final run's."""
+    max_steps = c.search_max_steps
+    if max_steps is None:
+        per_step = c.search_batch_size * c.search_grad_accum
+        max_steps = -(-c.max_steps * c.batch_size * c.grad_accum // per_step)
+    return {"batch_size": c.search_batch_size, "grad_accum": c.search_grad_accum, "max_steps": max_steps}
+
+
 def run_trials(exp: Experiment, trials: list[tuple[str, Callable[[Path], dict | None]]]) -> list[dict]:
     """Independent stages: one after another, or as Ray Tune trials."""
     if exp.cfg.executor == "ray":
@@ -193,7 +202,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         def controller_run(d: Path):
             start = time.time()
             result, _ = search(exp.train_cfg(SearchConfig, adapters=exp.adapters, out=str(d),
-                                             merge_form=c.merge_form, criterion=c.search_criterion))
+                                             merge_form=c.merge_form, criterion=c.search_criterion,
+                                             **search_batching(c)))
             write_run_info(d, "grasp_search", task, tgt, time.time() - start, c.seed, result["prune_ratio"])
             return result
 

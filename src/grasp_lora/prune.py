@@ -2,15 +2,19 @@
 
 `prune_ratio` p is a drop rate: floor(p * n) entries of each tensor (scope `per_tensor`) or of all
 tensors together (scope `global`) are masked, lowest importance first, ties broken by position.
-Trial masks only swap the mask buffers (the forward multiplies by them), so reverting is exact.
-Committing zeroes (or restores to their loaded value) the newly pruned weights and zeroes their AdamW
-moments, and only theirs.
+
+Pruned values are kept (the authors' "stash"). A masked entry is 0 in its weight tensor and its stash
+holds the value it takes when revived: under `keep` (default) its value when it was pruned, under `init`
+its loaded value, under `zero` 0. A trial (`trial`) revives the stashed entries its mask keeps and
+reverts exactly afterwards; a commit stashes and zeroes the newly pruned entries (and their AdamW moments,
+only theirs) and revives the un-pruned ones. Criteria score every entry at the value it has when kept.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
@@ -22,7 +26,7 @@ log = logging.getLogger(__name__)
 
 CRITERIA = ("magnitude", "input_weighted", "sensitivity")
 SCOPES = ("per_tensor", "global")
-RESETS = ("zero", "init")
+RESETS = ("keep", "zero", "init")
 
 Masks = dict[str, torch.Tensor]  # tensor name "module.A0" -> bool keep-mask
 
@@ -71,26 +75,47 @@ def kept_fraction(masks: Masks) -> float:
 
 @torch.no_grad()
 def magnitude_scores(model) -> dict[str, torch.Tensor]:
-    return {name: layer.param(slot).detach().abs() for name, layer, slot in tensors(model)}
+    return {name: layer.full(slot).detach().abs() for name, layer, slot in tensors(model)}
+
+
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("Norm")
 
 
 @torch.no_grad()
 def input_feature_norms(model, examples: list[dict], pad_id: int, device, batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """n_j: the L2 norm over all (non-pad) training tokens of input feature j of each merged layer,
-    each token's input RMS-normalised with unit weight."""
+    """n_j: the L2 norm over all (non-pad) training tokens of input feature j of each merged layer (SPEC §1.5).
+
+    A layer fed by a normalisation module (q/k/v after input_layernorm, gate/up after the post-attention
+    norm, in any architecture) is measured on that norm's *input*, the residual stream, under a unit-weight
+    RMSNorm: the learned gain is not part of it. Other layers (o_proj, down_proj) on their own input,
+    RMS-normalised with unit weight."""
     layers = merged_layers(model)
     sums = {p: torch.zeros(l.base.in_features, dtype=torch.float64, device=device) for p, l in layers.items()}
+    norm_io: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(norm output) -> (output, input)
     current_mask: list[torch.Tensor] = []
 
-    def hook(path):
+    def record_norm(module, args, output):
+        if isinstance(output, torch.Tensor) and args:
+            norm_io[id(output)] = (output, args[0])
+
+    def measure(path):
         def fn(module, args):
-            x = args[0].double()
-            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-            m = current_mask[0].unsqueeze(-1).to(x.dtype)
-            sums[path] += (x.pow(2) * m).sum(dim=tuple(range(x.dim() - 1)))
+            x = args[0]
+            seen = norm_io.get(id(x))
+            if seen is not None and seen[0] is x and seen[1].shape == x.shape:
+                x = seen[1]
+            m = current_mask[0].unsqueeze(-1).double()
+            sums[path] += (_unit_rms(x).pow(2) * m).sum(dim=tuple(range(x.dim() - 1)))
         return fn
 
-    handles = [layer.register_forward_pre_hook(hook(p)) for p, layer in layers.items()]
+    handles = [m.register_forward_hook(record_norm) for m in model.modules() if _is_norm(m)]
+    handles += [layer.register_forward_pre_hook(measure(p)) for p, layer in layers.items()]
     was_training = model.training
     model.eval()
     try:
@@ -98,6 +123,7 @@ def input_feature_norms(model, examples: list[dict], pad_id: int, device, batch_
             batch = collate(examples[s:s + batch_size], pad_id, device)
             current_mask[:] = [batch["attention_mask"]]
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            norm_io.clear()
     finally:
         for h in handles:
             h.remove()
@@ -105,20 +131,28 @@ def input_feature_norms(model, examples: list[dict], pad_id: int, device, batch_
     return {p: s.sqrt().float() for p, s in sums.items()}
 
 
-def input_weighted_importance(A: torch.Tensor, B: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """|dS/dA|, |dS/dB| for S = sum_{o,j} |(B A)_{oj}| n_j (the Adaptive LoRA Merge criterion)."""
-    A = A.detach().double().requires_grad_(True)
-    B = B.detach().double().requires_grad_(True)
-    S = ((B @ A).abs() * norms.double().unsqueeze(0)).sum()
-    gA, gB = torch.autograd.grad(S, (A, B))
-    return gA.abs().float(), gB.abs().float()
+@torch.no_grad()
+def input_weighted_importance(A: torch.Tensor, B: torch.Tensor, norms: torch.Tensor, rows: int = 1024
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """|dS/dA|, |dS/dB| for S = sum_{o,j} |(B A)_{oj}| n_j (the Adaptive LoRA Merge criterion), in closed form:
+    with W = sign(B A) * n, dS/dA = B^T W and dS/dB = W A^T. Computed in A's dtype, `rows` output rows of
+    B A at a time, so no d_out x d_in matrix is ever whole."""
+    n = norms.to(A.dtype)
+    gA = torch.zeros_like(A)
+    gB = torch.empty_like(B)
+    for o in range(0, B.shape[0], rows):
+        Bo = B[o:o + rows]
+        W = torch.sign(Bo @ A) * n
+        gA += Bo.T @ W
+        gB[o:o + rows] = W @ A.T
+    return gA.abs(), gB.abs()
 
 
 def input_weighted_scores(model, norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     scores = {}
     for path, layer in merged_layers(model).items():
         for i in range(len(layer.lora_A)):
-            gA, gB = input_weighted_importance(layer.masked(f"A{i}"), layer.masked(f"B{i}"), norms[path])
+            gA, gB = input_weighted_importance(layer.full(f"A{i}"), layer.full(f"B{i}"), norms[path])
             scores[f"{path}.A{i}"], scores[f"{path}.B{i}"] = gA, gB
     return scores
 
@@ -165,31 +199,72 @@ def current_masks(model) -> Masks:
 
 @torch.no_grad()
 def set_masks(model, masks: Masks) -> None:
-    """Swap the mask buffers only (a trial, or its exact revert); weights are untouched."""
+    """Set the mask buffers only (restoring a checkpoint, whose weights and stashes are restored with it)."""
     for name, layer, slot in tensors(model):
         layer.set_mask(slot, masks[name])
 
 
+@contextmanager
+def trial(model, masks: Masks):
+    """Evaluate the model under `masks` with every entry they keep at its true value (stashed entries
+    revived), then revert exactly: the weights, stashes and masks are as before."""
+    changed = []
+    with torch.no_grad():
+        for name, layer, slot in tensors(model):
+            old = layer.mask(slot).clone()
+            revived = masks[name].to(old.device) & ~old
+            layer.param(slot)[revived] = layer.stash(slot)[revived]
+            layer.set_mask(slot, masks[name])
+            changed.append((layer, slot, old, revived))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, slot, old, revived in changed:
+                layer.param(slot)[revived] = 0.0
+                layer.set_mask(slot, old)
+
+
 @torch.no_grad()
-def commit_masks(model, masks: Masks, reset: str = "zero", optimizer: torch.optim.Optimizer | None = None,
+def commit_masks(model, masks: Masks, reset: str = "keep", optimizer: torch.optim.Optimizer | None = None,
                  initial: dict[str, torch.Tensor] | None = None) -> int:
-    """Make `masks` the model's masks. Newly pruned entries are reset (to zero, or to `initial`, their
-    loaded values) and lose their AdamW moments. Returns how many entries were newly pruned."""
+    """Make `masks` the model's masks. Newly pruned entries are stashed (`reset`: keep their value, or
+    zero, or init = their loaded value from `initial`), set to 0 and lose their AdamW moments; entries
+    the new masks keep again take their stashed value. Returns how many entries were newly pruned."""
+    if reset not in RESETS:
+        raise ValueError(f"reset {reset!r}: choose one of {', '.join(RESETS)}")
     newly = 0
     for name, layer, slot in tensors(model):
         old, new = layer.mask(slot), masks[name].to(layer.mask(slot).device)
-        pruned_now = old & ~new
+        p, stash = layer.param(slot), layer.stash(slot)
+        revived, pruned_now = new & ~old, old & ~new
+        p[revived] = stash[revived]
         n = int(pruned_now.sum())
         newly += n
         if n:
-            p = layer.param(slot)
-            p[pruned_now] = 0.0 if reset == "zero" else initial[name].to(p.device, p.dtype)[pruned_now]
+            if reset == "keep":
+                stash[pruned_now] = p[pruned_now]
+            elif reset == "zero":
+                stash[pruned_now] = 0.0
+            else:
+                stash[pruned_now] = initial[name].to(p.device, p.dtype)[pruned_now]
+            p[pruned_now] = 0.0
             state = optimizer.state.get(p, {}) if optimizer is not None else {}
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
                     state[key][pruned_now] = 0.0
         layer.set_mask(slot, new)
     return newly
+
+
+def stashes(model) -> dict[str, torch.Tensor]:
+    return {name: layer.stash(slot).clone() for name, layer, slot in tensors(model)}
+
+
+@torch.no_grad()
+def set_stashes(model, values: dict[str, torch.Tensor]) -> None:
+    for name, layer, slot in tensors(model):
+        layer.stash(slot).copy_(values[name])
 
 
 def initial_values(model) -> dict[str, torch.Tensor]:

@@ -90,7 +90,10 @@ def grid_winner(runs: list[dict]) -> list[dict]:
     return by_ratio[min(scored, key=scored.get)] if scored else runs
 
 
-def collect(folders: list[str]) -> tuple[list[dict], list[tuple[Path, list[dict]]]]:
+Histories = list[tuple[Path, list[dict], dict | None]]  # history.jsonl, its records, the ratio.json beside it
+
+
+def collect(folders: list[str]) -> tuple[list[dict], Histories]:
     runs, histories = [], []
     for folder in folders:
         root = Path(folder)
@@ -102,7 +105,9 @@ def collect(folders: list[str]) -> tuple[list[dict], list[tuple[Path, list[dict]
             run["metrics"] = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else None
             run["folder"] = str(info.parent)
             runs.append(run)
-        histories += [(h, read_jsonl(h)) for h in sorted(root.rglob("history.jsonl"))]
+        for h in sorted(root.rglob("history.jsonl")):
+            ratio = h.with_name("ratio.json")
+            histories.append((h, read_jsonl(h), json.loads(ratio.read_text(encoding="utf-8")) if ratio.is_file() else None))
     if not runs:
         raise UserError(f"{', '.join(folders)}: no run.json found; point report at experiment or run folders")
     return runs, histories
@@ -220,7 +225,25 @@ def _save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_controller(histories: list[tuple[Path, list[dict]]], path: Path) -> None:
+def how_chosen(histories: Histories) -> str:
+    """Markdown: for each controller run, the learned ratio, the rule that read it, and what it rests on."""
+    lines = ["| controller run | p* | rule | rounds | probes | best single reward (its ratio) | other rules |",
+             "| --- | ---: | --- | ---: | ---: | --- | --- |"]
+    for src, _, ratio in histories:
+        if ratio is None:
+            continue
+        best = (f"{ratio['best_reward']:.4f} ({ratio['best_candidate']:.3f})"
+                if ratio.get("best_reward") is not None and ratio.get("best_candidate") is not None else "—")
+        asked = ratio["rule"] + ("" if ratio.get("asked_rule", ratio["rule"]) == ratio["rule"]
+                                 else f" (asked {ratio['asked_rule']}: it could not tell)")
+        others = ", ".join(f"{k} {v:.3f}" for k, v in ratio.get("by_rule", {}).items()
+                           if v is not None and k != ratio["rule"])
+        lines.append(f"| {src.parent.name} | {ratio['prune_ratio']:.3f} | {asked} | {ratio['rounds']} | "
+                     f"{ratio.get('trials', '—')} | {best} | {others or '—'} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def plot_controller(histories: Histories, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,7 +251,7 @@ def plot_controller(histories: list[tuple[Path, list[dict]]], path: Path) -> Non
 
     n = max(len(histories), 1)
     fig, axes = plt.subplots(n, 1, figsize=(8, 3.2 * n), squeeze=False)
-    for ax, (src, hist) in zip(axes[:, 0], histories):
+    for ax, (src, hist, ratio) in zip(axes[:, 0], histories):
         steps = np.array([h["step"] for h in hist])
         mu, sigma = np.array([h["mu"] for h in hist]), np.array([h["sigma"] for h in hist])
         ax.fill_between(steps, mu - sigma, mu + sigma, color="tab:blue", alpha=0.15, label="μ ± σ")
@@ -240,6 +263,9 @@ def plot_controller(histories: list[tuple[Path, list[dict]]], path: Path) -> Non
         cs = [r if r is not None and math.isfinite(r) else np.nan for h in hist for r in h["rewards"]]
         sc = ax.scatter(xs, ys, c=cs, cmap="RdYlGn", s=28, edgecolors="grey", linewidths=0.5, zorder=3)
         fig.colorbar(sc, ax=ax, label="reward (L_base − L_g)")
+        if ratio is not None:
+            ax.axhline(ratio["prune_ratio"], color="tab:red", ls="--", lw=1.5,
+                       label=f"p* = {ratio['prune_ratio']:.3f} ({ratio['rule']}, {ratio['rounds']} rounds)")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("prune ratio")
         ax.set_title(f"controller trajectory — {src.parent.name}", fontsize=10)
@@ -278,7 +304,9 @@ def report(cfg: ReportConfig) -> dict:
     save_config(cfg, out)
     rows = result_rows(runs)
     rt = runtime_rows(runs)
-    write_text(out / "results.md", "# Results\n" + results_markdown(rows))
+    chosen = how_chosen(histories)
+    write_text(out / "results.md", "# Results\n" + results_markdown(rows)
+               + (f"\n## How p* was chosen\n\n{chosen}" if chosen else ""))
     buf = io.StringIO()
     fields = ["task", "lang", "method", "label", "seeds", "prune_pct"]
     fields += [f"{m}{s}" for m in ("bertscore_f1", "bleu", "rouge_l", "exact_match", "f1") for s in ("", "_std")]

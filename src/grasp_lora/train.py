@@ -85,10 +85,12 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torc
     return nll, labels != -100
 
 
-def batch_loss(model, batch) -> torch.Tensor:
-    """Mean NLL over all target tokens of the batch (the training objective)."""
+def example_nll(model, batch) -> torch.Tensor:
+    """Each example's mean target-token NLL, [B]. The training loss of a step is their mean over the step's
+    examples, as val and micro-dev losses are, so it does not depend on how the step is cut into
+    micro-batches (nor on how long each example's target is)."""
     nll, mask = token_nll(model, batch)
-    return nll[mask].mean()
+    return (nll * mask).sum(1) / mask.sum(1)
 
 
 @torch.no_grad()
@@ -103,9 +105,7 @@ def example_losses(model, examples: list[dict], pad_id: int, device: torch.devic
     out = torch.empty(len(examples), dtype=torch.float64)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        nll, mask = token_nll(model, collate([examples[i] for i in idx], pad_id, device))
-        per = (nll * mask).sum(1) / mask.sum(1)
-        out[idx] = per.double().cpu()
+        out[idx] = example_nll(model, collate([examples[i] for i in idx], pad_id, device)).double().cpu()
     model.train(was_training)
     return out
 
@@ -263,13 +263,14 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
         groups = [batches[s:s + settings.grad_accum] for s in range(0, len(batches), settings.grad_accum)]
         while progress.group < len(groups) and not finished():
             group = groups[progress.group]
-            local = []
+            n_examples = sum(len(mb) for mb in group)
+            local = 0.0
             for mb in group[distributed.rank()::distributed.world()]:  # this rank's share of the step
-                loss = batch_loss(model, collate(mb, pad_id, device))
-                (loss / len(group)).backward()
-                local.append(loss.item())
-            total_loss, count = distributed.sum_floats([float(np.sum(local)), float(len(local))], device)
-            loss_value = total_loss / count
+                per_example = example_nll(model, collate(mb, pad_id, device))
+                (per_example.sum() / n_examples).backward()
+                local += per_example.sum().item()
+            (total_loss,) = distributed.sum_floats([local], device)
+            loss_value = total_loss / n_examples
             if not math.isfinite(loss_value):
                 raise NumericalError(f"{desc}: loss is {loss_value} at step {progress.step + 1}; "
                                      f"the last good checkpoint in {out_dir} is intact")
