@@ -107,7 +107,8 @@ def test_search_history_replays_and_is_deterministic(tmp_path, tiny_model, tiny_
     replay(a, ControllerSettings(round_every=2))
     best = max((r, c) for rec in a for r, c in zip(rec["rewards"], rec["candidates"]) if math.isfinite(r))
     ratio = json.loads((tmp_path / "a" / "ratio.json").read_text())
-    assert ratio["prune_ratio"] == best[1] and ratio["rule"] == "best_trial"
+    assert ratio["by_rule"]["best_trial"] == best[1] and ratio["best_candidate"] == best[1]
+    assert ratio["rule"] == "policy_mean" and ratio["prune_ratio"] == a[-1]["mu_next"]  # the default rule
     assert ratio["rounds"] == 3
 
 

@@ -108,8 +108,10 @@ class ControllerOptions:
                                   choices=("once", "every_round"))
     commit_mask: str = opt("bounded", "apply the mask of the bounded committed ratio, or of the unbounded best "
                                       "candidate (the authors' code)", choices=("bounded", "candidate"))
-    ratio_rule: str = opt("best_trial", "the learned ratio p*: best-reward candidate of the run (the authors), "
-                                        "final committed ratio, or final policy mean",
+    ratio_rule: str = opt("policy_mean", "the learned ratio p*: final policy mean (the lowest measured regret, "
+                                         "benchmarks/RESULTS.md), best-reward candidate of the run (the authors), "
+                                         "final committed ratio, or pooled (the minimum of one loss-vs-ratio curve "
+                                         "fitted to every probe of the run)",
                           choices=("best_trial", "committed", "policy_mean", "pooled"))
     advantage: str = opt("none", "advantages r - mean(r) (none, the paper) or also divided by std(r)",
                          choices=("none", "std"))

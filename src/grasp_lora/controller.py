@@ -36,7 +36,7 @@ class ControllerSettings:
     controller_seed: int = 42
     importance_refresh: str = "once"  # once | every_round
     commit_mask: str = "bounded"  # bounded | candidate
-    ratio_rule: str = "best_trial"  # a name in RATIO_RULES
+    ratio_rule: str = "policy_mean"  # a name in RATIO_RULES (the authors: best_trial)
     advantage: str = "none"  # none | std
 
     @classmethod
