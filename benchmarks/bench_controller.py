@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from grasp_lora.config import (DataPrepareConfig, ExperimentConfig, FinetuneMergedConfig, SearchConfig,
                                TrainAdapterConfig, build)
-from grasp_lora.controller import RATIO_RULES, ControllerSettings, ControllerState
+from grasp_lora.controller import RATIO_RULES, ControllerSettings, ControllerState, ratios_by_rule
 from grasp_lora.data.prepare import prepare_data
 from grasp_lora.demo import corpus_file
 from grasp_lora.io import read_jsonl, write_json
@@ -126,7 +125,7 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
                 info["history"] = read_jsonl(out / "search" / v / f"seed{s}" / "history.jsonl")
                 searches[v][s] = info
     run_grid(grid_seeds[1:])
-    return summarise(name, cfg, grid, searches, out)
+    return summarise(name, grid, searches, out)
 
 
 def interpolate(curve: dict[float, float], p: float) -> float:
@@ -134,7 +133,7 @@ def interpolate(curve: dict[float, float], p: float) -> float:
     return float(np.interp(p, xs, [curve[x] for x in xs]))
 
 
-def summarise(name: str, cfg: ExperimentConfig, grid: dict, searches: dict, out: Path) -> dict:
+def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
     complete = {p: v for p, v in grid.items() if v}
     if len(complete) < len(GRID):
         return {"case": name, "status": f"grid incomplete ({len(complete)}/{len(GRID)} points)"}
@@ -155,8 +154,10 @@ def summarise(name: str, cfg: ExperimentConfig, grid: dict, searches: dict, out:
         rules = {}
         settings = ControllerSettings()  # the rules read p_min/p_max only; the runs use the defaults
         states = {s: ControllerState.from_history(r["history"]) for s, r in runs.items()}
-        for rule, fn in RATIO_RULES.items():  # re-read from history: a rule added later scores old runs too
-            ps = {s: fn(st, settings) if fn(st, settings) is not None else st.p for s, st in states.items()}
+        # re-read from history: a rule added later scores old runs too
+        read = {s: ratios_by_rule(st, settings) for s, st in states.items()}
+        for rule in RATIO_RULES:
+            ps = {s: by_rule[rule] for s, by_rule in read.items()}
             rules[rule] = {"p_star": ps, "regret": float(np.mean([regret(p) for p in ps.values()]))}
         mus = {s: [h["mu"] for h in r["history"]] + [r["final_mu"]] for s, r in runs.items()}
         result["variants"][v] = {

@@ -102,17 +102,25 @@ class ControllerState:
     # every probe so far, one [p, base_loss, candidates, losses] per round (what pooled rules read)
     trials: list = field(default_factory=list)
 
+    def observe(self, base_loss: float, candidates: list[float], losses: list, rewards: list) -> None:
+        """Record one round's probes (at the current p): the best single trial so far, and every probe.
+        A NaN (or null, as history.jsonl writes it) loss or reward is left out."""
+        finite = lambda x: x is not None and math.isfinite(x)
+        for r, c in zip(rewards, candidates):
+            if finite(r) and r > self.best_reward:
+                self.best_reward, self.best_candidate = r, c
+        self.trials.append([self.p, base_loss, candidates, [l if finite(l) else None for l in losses]])
+
     @classmethod
     def from_history(cls, history: list[dict]) -> "ControllerState":
         """The state after the last round of `history.jsonl`: any ratio rule, new ones included, can be read
         off a finished run without running it again."""
-        last = history[-1]
-        st = cls(p=last["p_next"], mu=last["mu_next"], sigma=last["sigma_next"], rounds=len(history))
+        st = cls(p=0.0, mu=0.0, sigma=0.0)
         for rec in history:
-            for r, c in zip(rec["rewards"], rec["candidates"]):
-                if r is not None and math.isfinite(r) and r > st.best_reward:
-                    st.best_reward, st.best_candidate = r, c
-            st.trials.append([rec["p"], rec["base_loss"], rec["candidates"], rec["losses"]])
+            st.p = rec["p"]
+            st.observe(rec["base_loss"], rec["candidates"], rec["losses"], rec["rewards"])
+        last = history[-1]
+        st.p, st.mu, st.sigma, st.rounds = last["p_next"], last["mu_next"], last["sigma_next"], len(history)
         return st
 
 
@@ -179,6 +187,11 @@ def pooled(st: ControllerState, s: ControllerSettings) -> float | None:
     return None if fit is None else fit[0]
 
 
+def ratios_by_rule(st: ControllerState, s: ControllerSettings) -> dict[str, float]:
+    """p* by every registered rule; a rule that cannot tell (None) gives the committed ratio."""
+    return {name: st.p if (ratio := fn(st, s)) is None else ratio for name, fn in RATIO_RULES.items()}
+
+
 class Controller:
     """Runs rounds on a model with merged, masked adapters. `loss_fn()` is the micro-dev loss."""
 
@@ -215,10 +228,7 @@ class Controller:
         p_next, committed, applied = commit_rule(st.p, candidates, rewards, s)
         if applied is not None:
             self.commit_fn(prune.masks_for_ratio(scores, applied, self.scope))
-        for r, c in zip(rewards, candidates):
-            if math.isfinite(r) and r > st.best_reward:
-                st.best_reward, st.best_candidate = r, c
-        st.trials.append([st.p, base_loss, candidates, [l if math.isfinite(l) else None for l in losses]])
+        st.observe(base_loss, candidates, losses, rewards)
         record = {
             "step": step, "p": st.p, "mu": st.mu, "sigma": st.sigma, "candidates": candidates,
             "base_loss": base_loss, "losses": losses, "rewards": rewards, "advantages": adv,

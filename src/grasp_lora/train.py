@@ -181,7 +181,7 @@ def save_checkpoint(path: Path, params, optimizer, scheduler, progress: Progress
 
 def load_checkpoint(path: Path, params, optimizer, scheduler, hooks: Hooks) -> Progress:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint is data, never code
     except Exception as e:  # a checkpoint we cannot read is the user's to delete, not a crash
         raise UserError(f"{path}: cannot read the checkpoint ({e}); delete it or run without --resume") from None
     if len(state["params"]) != len(params) or any(a.shape != p.shape for a, p in zip(state["params"], params)):
