@@ -31,10 +31,10 @@ import numpy as np
 
 from grasp_lora.config import (DataPrepareConfig, ExperimentConfig, FinetuneMergedConfig, SearchConfig,
                                TrainAdapterConfig, build)
-from grasp_lora.controller import RATIO_RULES, ControllerSettings, ControllerState, ratios_by_rule
+from grasp_lora.controller import RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.data.prepare import prepare_data
 from grasp_lora.demo import corpus_file
-from grasp_lora.io import read_jsonl, write_json
+from grasp_lora.files import read_jsonl, write_json
 from grasp_lora.pipeline import Experiment, search_batching
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -71,8 +71,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int], controller_seeds: list[int],
              variants: dict[str, dict], data: str | None, adapters: list[str] | None, report_only: bool) -> dict:
-    from grasp_lora.adapters import train_adapter
-    from grasp_lora.method import finetune_merged, search
+    from grasp_lora.adapter_training import train_adapter
+    from grasp_lora.controller_run import search
+    from grasp_lora.final_run import finetune_merged
 
     exp = Experiment(cfg, out)
     stage = (lambda n, fn: json.loads((out / n / "done.json").read_text()) if (out / n / "done.json").is_file()
@@ -152,7 +153,7 @@ def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
         if not runs:
             continue
         rules = {}
-        settings = ControllerSettings()  # the rules read p_min/p_max only; the runs use the defaults
+        settings = ControllerOptions()  # the rules read p_min/p_max only; the runs use the defaults
         states = {s: ControllerState.from_history(r["history"]) for s, r in runs.items()}
         # re-read from history: a rule added later scores old runs too
         read = {s: ratios_by_rule(st, settings) for s, st in states.items()}

@@ -19,17 +19,20 @@ from pathlib import Path
 
 import torch
 
-from grasp_lora.adapters import lora_config, save_adapter
+from grasp_lora.adapter_io import save_adapter
+from grasp_lora.adapter_training import lora_config
 from grasp_lora.config import DataPrepareConfig, SearchConfig
 from grasp_lora.data.prepare import prepare_data
 from grasp_lora.data.prompts import get_prompt
 from grasp_lora.data.splits import load_split
 from grasp_lora.data.tokenize import encode_split
 from grasp_lora.demo import corpus_file
-from grasp_lora.merge import MergedLoraLinear, inject, load_adapter
-from grasp_lora.method import search
+from grasp_lora.adapter_io import load_adapter
+from grasp_lora.merge import MergedLoraLinear, inject
+from grasp_lora.controller_run import search
 from grasp_lora.models import load_model, load_tokenizer
-from grasp_lora.train import collate, example_nll
+from grasp_lora.data.batching import collate
+from grasp_lora.train import example_nll
 
 
 def make_adapters(model: str, root: Path) -> list[str]:

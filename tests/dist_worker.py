@@ -7,7 +7,7 @@ import torch
 
 from grasp_lora import distributed, prune
 from grasp_lora.config import SearchConfig
-from grasp_lora.method import search
+from grasp_lora.controller_run import search
 
 model, en, ar, data, out = sys.argv[1:6]
 cfg = SearchConfig(model=model, adapters=[en, ar], data=data, lang="ar", out=out, max_steps=4, grad_accum=4,

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import cli
 from grasp_lora.baselines import compose
-from grasp_lora.merge import load_adapter
+from grasp_lora.adapter_io import load_adapter
 
 
 def peft_logits(model_dir, adapter):

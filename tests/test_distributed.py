@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import cli
-from grasp_lora.io import read_jsonl
+from grasp_lora.files import read_jsonl
 
 
+@pytest.mark.slow
 def test_two_processes_agree_and_match_single_process(tmp_path, tiny_model, tiny_adapters, demo_data):
     out = tmp_path / "dist"
     worker = Path(__file__).with_name("dist_worker.py")

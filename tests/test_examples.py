@@ -2,14 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from grasp_lora.config import ExperimentConfig, build, load_yaml
+from grasp_lora.config import ExperimentConfig, build
+from grasp_lora.files import read_yaml
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_configs_are_valid(path):
-    cfg = build(ExperimentConfig, load_yaml(path), source=str(path))
+    cfg = build(ExperimentConfig, read_yaml(path), source=str(path))
     assert cfg.target_lang in ("ar", "zh") and cfg.source_lang == "en"
     if path.name.startswith("paper-"):
         assert cfg.model == "meta-llama/Meta-Llama-3-8B-Instruct" and cfg.seeds == [42, 1337, 9001]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import grasp_lora.method as method
+import grasp_lora.controller_run as controller_run
 import grasp_lora.train as train
 from conftest import cli, make_adapter, run_cli
-from grasp_lora.io import LOCK_NAME, read_jsonl
+from grasp_lora.files import LOCK_NAME, read_jsonl
 
 
 def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
@@ -48,14 +48,14 @@ def test_nan_loss_stops_with_exit_3_and_checkpoint_intact(tmp_path, monkeypatch,
 
 
 def test_nan_candidate_gets_no_commit_and_is_logged(tmp_path, monkeypatch, tiny_model, tiny_adapters, demo_data):
-    real, calls = method.mean_loss, [0]
+    real, calls = controller_run.mean_loss, [0]
 
     def nan_for_candidates(*a, **k):
         calls[0] += 1
         loss = real(*a, **k)
         return float("nan") if calls[0] % 4 in (2, 3, 0) else loss  # every probe is NaN, the base loss is not
 
-    monkeypatch.setattr(method, "mean_loss", nan_for_candidates)
+    monkeypatch.setattr(controller_run, "mean_loss", nan_for_candidates)
     out = tmp_path / "s"
     # best_trial has no finite trial to read, so ratio.json falls back to the committed ratio and says so
     assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--ratio-rule", "best_trial")) == 0
@@ -68,6 +68,7 @@ def test_nan_candidate_gets_no_commit_and_is_logged(tmp_path, monkeypatch, tiny_
     assert ratio["rule"] == "committed" and ratio["prune_ratio"] == 0.4
 
 
+@pytest.mark.slow
 def test_killed_at_random_times_leaves_only_whole_files(tmp_path, tiny_model, tiny_adapters, demo_data):
     rng = random.Random(7)
     exe = Path(sys.executable).with_name("grasp-lora")
@@ -96,6 +97,7 @@ def test_killed_at_random_times_leaves_only_whole_files(tmp_path, tiny_model, ti
         assert not list(out.rglob("*.tmp"))  # the next command clears a killed writer's temp files
 
 
+@pytest.mark.slow
 def test_second_writer_refused_and_stale_lock_taken_over(tmp_path, tiny_model, tiny_adapters, demo_data):
     out = tmp_path / "locked"
     exe = Path(sys.executable).with_name("grasp-lora")
@@ -226,7 +228,7 @@ def test_output_folder_not_writable(tmp_path, capsys, tiny_model, demo_data):
 def test_disk_full_keeps_earlier_outputs(tmp_path, capsys, monkeypatch):
     import errno
 
-    import grasp_lora.io as gio
+    import grasp_lora.files as gio
     from grasp_lora.demo import corpus_file
 
     out = tmp_path / "d"

@@ -1,12 +1,13 @@
 import json
 
+import pytest
 import torch
 
 from conftest import cli
 from grasp_lora.data.prompts import get_prompt
 from grasp_lora.data.splits import load_split
+from grasp_lora.files import read_jsonl, write_jsonl
 from grasp_lora.generate import clean, generate_texts, max_new_tokens_for
-from grasp_lora.io import read_jsonl
 
 
 def test_paper_budgets_and_cleaning():
@@ -44,7 +45,12 @@ def test_generate_command_base_and_adapter(tmp_path, tiny_model, tiny_adapters, 
     zero = [r["prediction"] for r in read_jsonl(tmp_path / "zero.jsonl")]
     adapted = [r["prediction"] for r in read_jsonl(tmp_path / "adapter.jsonl")]
     assert zero != adapted
-    assert cli("evaluate", "--predictions", tmp_path / "adapter.jsonl", "--task", "qa", "--lang", "ar",
-               "--out", tmp_path / "m.json", "--bertscore-model", "none") == 0
+    # the generated file scores as its rows say: the first k answered with a gold answer, the rest with nonsense
+    rows, k = read_jsonl(tmp_path / "adapter.jsonl"), 3
+    for i, r in enumerate(rows):
+        r["prediction"] = r["references"][-1] if i < k else "zzqx"
+    write_jsonl(tmp_path / "graded.jsonl", rows)
+    assert cli("evaluate", "--predictions", tmp_path / "graded.jsonl", "--task", "qa", "--lang", "ar",
+               "--data", demo_data["ar"], "--out", tmp_path / "m.json", "--bertscore-model", "none") == 0
     m = json.loads((tmp_path / "m.json").read_text())
-    assert 0 <= m["exact_match"] <= 100 and m["n"] == len(adapted)
+    assert m["n"] == len(adapted) and m["exact_match"] == pytest.approx(100 * k / len(rows))

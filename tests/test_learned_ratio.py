@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import cli, corpus_file
-from grasp_lora.controller import RATIO_RULES, ControllerSettings, ControllerState, pooled_fit
-from grasp_lora.io import read_jsonl
-from grasp_lora.merge import MergedLoraLinear, inject, load_adapter
+from grasp_lora.config import ControllerOptions
+from grasp_lora.controller import RATIO_RULES, ControllerState, pooled_fit
+from grasp_lora.files import read_jsonl
+from grasp_lora.adapter_io import load_adapter
+from grasp_lora.merge import MergedLoraLinear, inject
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +37,7 @@ def ar50(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.mark.slow
 def test_long_search_has_no_zero_reward_ties(tmp_path, tiny_model, trained_adapters, demo_data):
     """Every candidate whose mask differs from the committed one is really measured: its reward is not 0."""
     out = tmp_path / "s"
@@ -54,6 +57,7 @@ def test_long_search_has_no_zero_reward_ties(tmp_path, tiny_model, trained_adapt
     assert lower and all(r != 0.0 for r in lower)  # reviving pruned entries changes the loss
 
 
+@pytest.mark.slow
 def test_search_defaults_to_accumulation_one(tmp_path, tiny_model, tiny_adapters, ar50):
     """One epoch over 50 examples with default options: 50 optimizer steps, so 5 rounds at K = 10."""
     out = tmp_path / "s"
@@ -65,18 +69,19 @@ def test_search_defaults_to_accumulation_one(tmp_path, tiny_model, tiny_adapters
     assert ratio["rounds"] >= 4 and set(ratio["by_rule"]) == set(RATIO_RULES)
     # every rule can be re-read from history.jsonl alone
     st = ControllerState.from_history(read_jsonl(out / "history.jsonl"))
-    assert {k: fn(st, ControllerSettings()) for k, fn in RATIO_RULES.items()} == ratio["by_rule"]
+    assert {k: fn(st, ControllerOptions()) for k, fn in RATIO_RULES.items()} == ratio["by_rule"]
 
 
 def test_experiment_gives_the_controller_run_its_own_batching():
     from grasp_lora.config import ExperimentConfig
     from grasp_lora.pipeline import search_batching
 
-    c = ExperimentConfig(max_steps=10, batch_size=2, grad_accum=3)
+    inputs = dict(source_input="en.json", target_input="ar.json")
+    c = ExperimentConfig(max_steps=10, batch_size=2, grad_accum=3, **inputs)
     assert search_batching(c) == {"batch_size": 1, "grad_accum": 1, "max_steps": 60}  # the same 60 examples
-    c = ExperimentConfig(max_steps=0, search_grad_accum=2, search_max_steps=None)
+    c = ExperimentConfig(max_steps=0, search_grad_accum=2, search_max_steps=None, **inputs)
     assert search_batching(c)["max_steps"] == 0
-    c = ExperimentConfig(search_batch_size=2, search_grad_accum=4, search_max_steps=7)
+    c = ExperimentConfig(search_batch_size=2, search_grad_accum=4, search_max_steps=7, **inputs)
     assert search_batching(c) == {"batch_size": 2, "grad_accum": 4, "max_steps": 7}
 
 
@@ -141,7 +146,7 @@ def test_pooled_rule_recovers_a_curve_under_round_offsets():
     assert pooled_fit(trials[:1][:1], 0.1, 0.8) is not None  # 4 distinct ratios in one round suffice
     assert pooled_fit([[0.4, 1.0, [0.4, 0.4], [1.0, 1.0]]], 0.1, 0.8) is None  # one ratio: it cannot tell
     st = ControllerState(p=0.4, mu=0.4, sigma=0.1, trials=trials)
-    assert RATIO_RULES["pooled"](st, ControllerSettings()) == ratio
+    assert RATIO_RULES["pooled"](st, ControllerOptions()) == ratio
     # a NaN probe is left out, not fitted
     trials[0][3][0] = None
     assert abs(pooled_fit(trials, 0.1, 0.8)[0] - 0.55) < 0.03

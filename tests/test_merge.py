@@ -8,8 +8,9 @@ from transformers import AutoModelForCausalLM
 
 from conftest import make_adapter
 from grasp_lora import prune
+from grasp_lora.adapter_io import check_compatible, export_peft, load_adapter
 from grasp_lora.errors import UserError
-from grasp_lora.merge import check_compatible, export_peft, inject, load_adapter, merged_layers
+from grasp_lora.merge import inject, merged_layers
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 61, 300, 12]])
 
@@ -76,17 +77,21 @@ def test_single_adapter_merge_gives_that_adapter(tiny_model, tiny_adapters):
     assert torch.allclose(logits(model), logits(peft_reload(tiny_model, tiny_adapters["ar"])), atol=1e-5)
 
 
-def test_all_lora_tensors_trainable_and_base_frozen(tiny_model, tiny_adapters):
-    model, layers = merged(tiny_model, [tiny_adapters["en"], tiny_adapters["ar"]], "sum")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for layer in layers.values():
-        for p in (*layer.lora_A, *layer.lora_B):
-            p.requires_grad_(True)
-    model(input_ids=IDS).logits.sum().backward()
-    for layer in merged_layers(model).values():
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (*layer.lora_A, *layer.lora_B))
-    assert len(layers) == 4  # q and v in 2 layers
+def test_all_lora_tensors_trainable_and_base_frozen(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """As the runs load it (merged_run.setup_merged): the base is frozen, every LoRA tensor trains."""
+    from grasp_lora.config import FinetuneMergedConfig
+    from grasp_lora.merged_run import setup_merged, trainable
+
+    cfg = FinetuneMergedConfig(model=str(tiny_model), data=str(demo_data["ar"]), lang="ar", device="cpu",
+                               adapters=[str(tiny_adapters["en"]), str(tiny_adapters["ar"])], out=str(tmp_path / "o"))
+    setup = setup_merged(cfg, ("train",))
+    lora = {id(p) for layer in setup.layers.values() for p in (*layer.lora_A, *layer.lora_B)}
+    assert len(setup.layers) == 4 and len(lora) == 16  # q and v in 2 layers, A and B of 2 adapters
+    assert {id(p) for p in trainable(setup)} == lora
+    assert {id(p) for p in setup.model.parameters() if p.requires_grad} == lora
+    setup.model(input_ids=IDS).logits.sum().backward()
+    for p in setup.model.parameters():
+        assert (p.grad is not None and p.grad.abs().sum() > 0) if id(p) in lora else p.grad is None
 
 
 def test_incompatible_adapters_refused(tmp_path, tiny_model, tiny_qwen, tiny_adapters):

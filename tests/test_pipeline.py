@@ -27,6 +27,7 @@ def experiment_yaml(tmp_path, tiny_model):
     return path
 
 
+@pytest.mark.slow
 def test_run_all_stages_then_resume(tmp_path, tiny_model):
     exp, out = experiment_yaml(tmp_path, tiny_model), tmp_path / "out"
     r = run_cli("run", exp, "--out", out)
@@ -57,12 +58,17 @@ def test_run_all_stages_then_resume(tmp_path, tiny_model):
 
 def test_unknown_method_and_missing_input(tmp_path, tiny_model, capsys):
     exp = experiment_yaml(tmp_path, tiny_model)
-    assert cli("run", exp, "--out", tmp_path / "o", "--methods", "grasp", "magic") == 2
-    assert "unknown ['magic']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
+        cli("run", exp, "--out", tmp_path / "o", "--methods", "grasp", "magic")
+    assert e.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
+    exp.write_text(exp.read_text() + "methods: [grasp, magic]\n")  # from YAML: the same check, by the config
+    assert cli("run", exp, "--out", tmp_path / "o") == 2
+    assert "--methods magic: choose one of zero_shot" in capsys.readouterr().err
     assert cli("run", exp, "--out", tmp_path / "o", "--target-input", "") == 2
     assert "--target-input is required" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_cut_down_to_the_tiny_model(tmp_path, tiny_model):
     r = run_cli("demo", "--model", tiny_model, "--out", tmp_path / "demo", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -75,6 +81,7 @@ def test_demo_cut_down_to_the_tiny_model(tmp_path, tiny_model):
     assert m["bertscore_f1"] is not None and m["bertscore_layer"] == 9
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed (pip install "grasp-lora[ray]")')
 def test_ray_executor_two_workers(tmp_path, tiny_model):
     exp, out = experiment_yaml(tmp_path, tiny_model), tmp_path / "ray"

@@ -7,7 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from grasp_lora import prune
-from grasp_lora.merge import inject, load_adapter
+from grasp_lora.adapter_io import load_adapter
+from grasp_lora.data.batching import batches
+from grasp_lora.merge import inject
 
 
 def test_exact_count_per_tensor_and_ties_by_position():
@@ -144,10 +146,10 @@ def test_masked_entries_are_ranked_by_their_revival_value(tiny_model, tiny_adapt
 
 def test_sensitivity_scores_after_gradients(tiny_model, tiny_adapters):
     model = merged_model(tiny_model, tiny_adapters)
-    tracker = prune.SensitivityTracker()
+    tracker = prune.CRITERIA["sensitivity"](model, batches=lambda: [])
     model(input_ids=torch.randint(3, 500, (1, 8))).logits.pow(2).mean().backward()
-    tracker.update(model)
-    scores = tracker.scores(model)
+    tracker.after_backward()
+    scores = tracker.scores()
     assert set(scores) == {n for n, _, _ in prune.tensors(model)}
     assert all(torch.isfinite(s).all() and (s >= 0).all() for s in scores.values())
     assert any(s.sum() > 0 for s in scores.values())
@@ -162,7 +164,7 @@ def test_input_feature_norms_cover_every_layer(tiny_model, tiny_adapters, demo_d
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ex = encode_split(tok, get_prompt("qa", "ar"), load_split(demo_data["ar"], "train", "qa"), 512)
     model = merged_model(tiny_model, tiny_adapters)
-    norms = prune.input_feature_norms(model, ex, tok.pad_token_id, torch.device("cpu"), batch_size=4)
+    norms = prune.input_feature_norms(model, batches(ex, tok.pad_token_id, torch.device("cpu"), 4))
     n_tokens = sum(len(e["input_ids"]) for e in ex)
     for n in norms.values():
         # each token is RMS-normalised (eps 1e-6), so the squared norms over features sum to about d * tokens
@@ -179,7 +181,7 @@ def test_input_norms_are_the_residual_stream_under_unit_rmsnorm(tiny_model, tiny
     from grasp_lora.data.prompts import get_prompt
     from grasp_lora.data.splits import load_split
     from grasp_lora.data.tokenize import encode_split
-    from grasp_lora.train import collate
+    from grasp_lora.data.batching import collate
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ex = encode_split(tok, get_prompt("qa", "ar"), load_split(demo_data["ar"], "train", "qa"), 512)
@@ -189,7 +191,7 @@ def test_input_norms_are_the_residual_stream_under_unit_rmsnorm(tiny_model, tiny
         for layer in model.model.layers:
             layer.input_layernorm.weight.copy_(torch.rand(32) * 3 + 0.1)
             layer.post_attention_layernorm.weight.copy_(torch.rand(32) * 3 + 0.1)
-    norms = prune.input_feature_norms(model, ex, tok.pad_token_id, torch.device("cpu"), batch_size=4)
+    norms = prune.input_feature_norms(model, batches(ex, tok.pad_token_id, torch.device("cpu"), 4))
     expected = [torch.zeros(32, dtype=torch.float64) for _ in model.model.layers]
     with torch.no_grad():
         for s in range(0, len(ex), 3):

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli
-from grasp_lora.io import read_jsonl
+from grasp_lora.files import read_jsonl
 
 WORKER = Path(__file__).with_name("kill_worker.py")
 KILL_POINTS = random.Random(2026).sample(range(3, 22), 3)  # micro-batch calls; 2 per step below
@@ -37,6 +37,7 @@ def command(kind, tiny_model, tiny_adapters, demo_data, out):
             "train-adapter": ["train-adapter", *common]}[kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["search", "finetune-merged", "train-adapter"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_adapters, demo_data, kind):
     ref = tmp_path / "ref"

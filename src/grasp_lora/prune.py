@@ -7,7 +7,11 @@ Pruned values are kept (the authors' "stash"). A masked entry is 0 in its weight
 holds the value it takes when revived: under `keep` (default) its value when it was pruned, under `init`
 its loaded value, under `zero` 0. A trial (`trial`) revives the stashed entries its mask keeps and
 reverts exactly afterwards; a commit stashes and zeroes the newly pruned entries (and their AdamW moments,
-only theirs) and revives the un-pruned ones. Criteria score every entry at the value it has when kept.
+only theirs) and revives the un-pruned ones.
+
+Criteria are registered by name in CRITERIA (`@criterion`): a stateless one is a function model -> scores, one
+that learns from training (statistics over steps or data) a Criterion subclass. Each scores every entry at the
+value it has when kept.
 """
 
 from __future__ import annotations
@@ -15,18 +19,17 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from .merge import MergedLoraLinear, merged_layers
-from .train import collate
 
 log = logging.getLogger(__name__)
 
-CRITERIA = ("magnitude", "input_weighted", "sensitivity")
 SCOPES = ("per_tensor", "global")
 RESETS = ("keep", "zero", "init")
+REPRUNE = ("every_step", "once")  # a final run re-scores and re-prunes after every optimizer step, or prunes once
 
 Masks = dict[str, torch.Tensor]  # tensor name "module.A0" -> bool keep-mask
 
@@ -73,8 +76,46 @@ def kept_fraction(masks: Masks) -> float:
 
 # ------------------------------------------------------------------ importance criteria
 
+Batches = Callable[[], Iterable[dict[str, torch.Tensor]]]  # the training set as collated batches, on the device
+
+
+class Criterion:
+    """Scores every prunable entry of a model's merged layers (higher = more important). `batches()` yields the
+    training set. A criterion with state overrides `after_backward` (called before each optimizer step),
+    `state_dict` and `load_state_dict` (the checkpoint)."""
+
+    def __init__(self, model: torch.nn.Module, batches: Batches):
+        self.model, self.batches = model, batches
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_backward(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+CRITERIA: dict[str, type[Criterion]] = {}
+
+
+def criterion(name: str):
+    """Register a criterion by name: a function model -> scores, or a Criterion subclass."""
+    def register(obj):
+        CRITERIA[name] = obj if isinstance(obj, type) else type(
+            f"{name}_criterion", (Criterion,), {"scores": lambda self: obj(self.model), "__doc__": obj.__doc__})
+        return obj
+    return register
+
+
+@criterion("magnitude")
 @torch.no_grad()
 def magnitude_scores(model) -> dict[str, torch.Tensor]:
+    """|w| of every entry."""
     return {name: layer.full(slot).detach().abs() for name, layer, slot in tensors(model)}
 
 
@@ -88,14 +129,15 @@ def _is_norm(module: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def input_feature_norms(model, examples: list[dict], pad_id: int, device, batch_size: int = 8) -> dict[str, torch.Tensor]:
-    """n_j: the L2 norm over all (non-pad) training tokens of input feature j of each merged layer (SPEC §1.5).
+def input_feature_norms(model, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """n_j: the L2 norm over all (non-pad) tokens of `batches` of input feature j of each merged layer (SPEC §1.5).
 
     A layer fed by a normalisation module (q/k/v after input_layernorm, gate/up after the post-attention
     norm, in any architecture) is measured on that norm's *input*, the residual stream, under a unit-weight
     RMSNorm: the learned gain is not part of it. Other layers (o_proj, down_proj) on their own input,
     RMS-normalised with unit weight."""
     layers = merged_layers(model)
+    device = next(iter(layers.values())).base.weight.device
     sums = {p: torch.zeros(l.base.in_features, dtype=torch.float64, device=device) for p, l in layers.items()}
     norm_io: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(norm output) -> (output, input)
     current_mask: list[torch.Tensor] = []
@@ -119,8 +161,7 @@ def input_feature_norms(model, examples: list[dict], pad_id: int, device, batch_
     was_training = model.training
     model.eval()
     try:
-        for s in range(0, len(examples), batch_size):
-            batch = collate(examples[s:s + batch_size], pad_id, device)
+        for batch in batches:
             current_mask[:] = [batch["attention_mask"]]
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             norm_io.clear()
@@ -157,18 +198,39 @@ def input_weighted_scores(model, norms: dict[str, torch.Tensor]) -> dict[str, to
     return scores
 
 
-class SensitivityTracker:
+@criterion("input_weighted")
+class InputWeighted(Criterion):
+    """Adaptive LoRA Merge's criterion: |d/dw sum_{o,j} |(B A)_{oj}| n_j|, with the input feature norms n_j
+    measured once over the training set."""
+
+    norms: dict[str, torch.Tensor] | None = None
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        if self.norms is None:
+            self.norms = input_feature_norms(self.model, self.batches())
+        return input_weighted_scores(self.model, self.norms)
+
+    def state_dict(self) -> dict:
+        return {"norms": self.norms}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.norms = state["norms"]
+
+
+@criterion("sensitivity")
+class Sensitivity(Criterion):
     """AdaLoRA-style sensitivity: EMA of |w * grad| times EMA of its deviation from that EMA."""
 
-    def __init__(self, beta1: float = 0.85, beta2: float = 0.85):
-        self.beta1, self.beta2 = beta1, beta2
+    beta1 = beta2 = 0.85
+
+    def __init__(self, model, batches: Batches):
+        super().__init__(model, batches)
         self.ipt: dict[str, torch.Tensor] = {}
         self.unc: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
-    def update(self, model) -> None:
-        """Call after backward, before the optimizer step."""
-        for name, layer, slot in tensors(model):
+    def after_backward(self) -> None:
+        for name, layer, slot in tensors(self.model):
             p = layer.param(slot)
             if p.grad is None:
                 continue
@@ -178,11 +240,11 @@ class SensitivityTracker:
             self.ipt[name].mul_(self.beta1).add_(ipt, alpha=1 - self.beta1)
             self.unc[name].mul_(self.beta2).add_((ipt - self.ipt[name]).abs(), alpha=1 - self.beta2)
 
-    def scores(self, model) -> dict[str, torch.Tensor]:
+    def scores(self) -> dict[str, torch.Tensor]:
         if not self.ipt:  # before the first backward there is no sensitivity yet
             log.warning("sensitivity: no gradient seen yet; scoring by magnitude this once")
-            return magnitude_scores(model)
-        return {name: self.ipt[name] * self.unc[name] for name, _, _ in tensors(model)}
+            return magnitude_scores(self.model)
+        return {name: self.ipt[name] * self.unc[name] for name, _, _ in tensors(self.model)}
 
     def state_dict(self) -> dict:
         return {"ipt": self.ipt, "unc": self.unc}

@@ -18,18 +18,10 @@ import numpy as np
 
 from .config import ReportConfig, save_config
 from .errors import UserError
-from .io import atomic_path, read_jsonl, write_json, write_text
+from .files import atomic_path, read_jsonl, write_json, write_text
+from .methods import METHODS
 
 # Row order and labels of the paper's tables.
-METHODS = {
-    "zero_shot": "Zero shot",
-    "target_lora": "LoRA (target)",
-    "ties": "TIES merge",
-    "lorahub": "LoRAHub",
-    "alm": "Adaptive LoRA Merge",
-    "alm_grid": "Adaptive LoRA Merge + pruning (grid)",
-    "grasp": "GRASP LoRA Merge + pruning",
-}
 # What each runtime row counts: the grid's runs, and GRASP's controller run plus its final runs.
 RUNTIME_METHODS = {"alm_grid": ("alm_grid",), "grasp": ("grasp_search", "grasp")}
 METRIC_COLUMNS = {"summarization": ("bertscore_f1", "bleu", "rouge_l"), "qa": ("bertscore_f1", "exact_match", "f1")}
@@ -80,14 +72,21 @@ def write_run_info(folder: str | Path, method: str, task: str, lang: str, second
                                            "prune_ratio": prune_ratio, "seconds": seconds, "val_loss": val_loss})
 
 
-def grid_winner(runs: list[dict]) -> list[dict]:
-    """The grid's row is its best ratio: the lowest mean val loss over seeds (SPEC §1.10)."""
+def grid_winner(val_losses: dict[float, list[float | None]]) -> float | None:
+    """The grid's best ratio: the lowest mean val loss over seeds (SPEC §1.10). A ratio with a run without a
+    finite val loss is out; None when no ratio is left."""
+    scored = {p: float(np.mean(v)) for p, v in val_losses.items()
+              if v and all(x is not None and math.isfinite(x) for x in v)}
+    return min(scored, key=scored.get) if scored else None
+
+
+def grid_row(runs: list[dict]) -> list[dict]:
+    """The grid's row in the table: the runs of its winning ratio (all runs when none can be chosen)."""
     by_ratio: dict[float, list[dict]] = defaultdict(list)
     for r in runs:
         by_ratio[r["prune_ratio"]].append(r)
-    scored = {p: np.mean([r["val_loss"] for r in rs]) for p, rs in by_ratio.items()
-              if all(r.get("val_loss") is not None for r in rs)}
-    return by_ratio[min(scored, key=scored.get)] if scored else runs
+    best = grid_winner({p: [r.get("val_loss") for r in rs] for p, rs in by_ratio.items()})
+    return runs if best is None else by_ratio[best]
 
 
 Histories = list[tuple[Path, list[dict], dict | None]]  # history.jsonl, its records, the ratio.json beside it
@@ -137,7 +136,7 @@ def result_rows(runs: list[dict]) -> list[dict]:
     for (task, lang, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
                                                                           order.index(kv[0][2]) if kv[0][2] in order else 99)):
         if method == "alm_grid":
-            rs = grid_winner(rs)
+            rs = grid_row(rs)
         row = {"task": task, "lang": lang, "method": method, "label": METHODS.get(method, method), "seeds": len(rs)}
         ratios = [r["prune_ratio"] for r in rs if r.get("prune_ratio") is not None]
         row["prune_pct"] = 100 * float(np.mean(ratios)) if ratios and method not in ("alm",) else None

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -21,42 +21,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import distributed
+from .data.batching import collate
 from .errors import NumericalError, UserError
-from .io import append_jsonl, atomic_path, truncate_jsonl
+from .files import append_jsonl, atomic_path, truncate_jsonl
 
-
-@dataclass
-class LoopSettings:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    gamma: float = 0.85
-    epochs: int = 10
-    batch_size: int = 1
-    grad_accum: int = 8
-    patience: int = 3
-    max_steps: int = 0
-    seed: int = 42
-    eval_batch_size: int = 8
-    checkpoint_every: int = 50
-    resume: bool = False
-
-    @classmethod
-    def from_config(cls, cfg) -> "LoopSettings":
-        return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__})
-
-
-def collate(examples: list[dict], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad a list of encoded examples into tensors (labels -100 on padding)."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        labels[i, :n] = torch.tensor(e["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
+if TYPE_CHECKING:
+    from .config import TrainOptions
 
 
 def _keeps_logits(model) -> bool:
@@ -183,9 +153,9 @@ def load_checkpoint(path: Path, params, optimizer, scheduler, hooks: Hooks) -> P
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint is data, never code
     except Exception as e:  # a checkpoint we cannot read is the user's to delete, not a crash
-        raise UserError(f"{path}: cannot read the checkpoint ({e}); delete it or run without --resume") from None
+        raise UserError(f"{path}: cannot read the checkpoint ({e}); delete it or run without resume") from None
     if len(state["params"]) != len(params) or any(a.shape != p.shape for a, p in zip(state["params"], params)):
-        raise UserError(f"{path}: the checkpoint does not match this run's adapters; use another --out")
+        raise UserError(f"{path}: the checkpoint does not match this run's adapters; use another output folder")
     with torch.no_grad():
         for p, saved in zip(params, state["params"]):
             p.copy_(saved.to(p.device))
@@ -198,9 +168,10 @@ def load_checkpoint(path: Path, params, optimizer, scheduler, hooks: Hooks) -> P
 
 
 def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], val_examples: list[dict],
-          settings: LoopSettings, out_dir: str | Path, pad_id: int, device: torch.device,
+          settings: TrainOptions, out_dir: str | Path, pad_id: int, device: torch.device,
           save_best: Callable[[], None], hooks: Optional[Hooks] = None, desc: str = "train") -> dict:
-    """Train `params` with AdamW + StepLR, early stopping on val loss; returns a summary.
+    """Train `params` with AdamW + StepLR, early stopping on val loss; returns a summary. `settings`: the
+    command's config (its TrainOptions fields).
 
     A checkpoint (weights, optimizer, scheduler, RNGs, data position, hooks' state) is written every
     `checkpoint_every` steps and at the end of each epoch; `resume` continues from it exactly.

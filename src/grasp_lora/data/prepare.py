@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataPrepareConfig, save_config
-from ..errors import UserError
-from ..io import write_json, write_jsonl
+from ..errors import OptionError
+from ..files import write_json, write_jsonl
 from .prompts import known_languages
 from .readers import read_hf, read_local
 from .splits import SPLITS, check_unique_ids, cut, default_sizes, parse_sizes, scaled
@@ -14,17 +14,11 @@ from .splits import SPLITS, check_unique_ids, cut, default_sizes, parse_sizes, s
 
 def prepare_data(cfg: DataPrepareConfig) -> dict:
     """Validate everything first, then write DIR/{train,val,micro_dev,test}.jsonl, splits.json and config.yaml."""
-    if not cfg.lang:
-        raise UserError("--lang is required (e.g. ar, zh, en)")
     if cfg.lang not in known_languages():
-        raise UserError(f"--lang {cfg.lang}: unknown language; known: {', '.join(sorted(known_languages()))}")
-    if not cfg.input:
-        raise UserError("--input is required: a file or folder to read")
-    if not cfg.out:
-        raise UserError("--out is required: the folder to write the splits into")
+        raise OptionError({"lang": cfg.lang}, f"unknown language; known: {', '.join(sorted(known_languages()))}")
     sizes = parse_sizes(cfg.sizes) if cfg.sizes else default_sizes(cfg.dataset, cfg.lang)
     if sum(sizes) == 0:
-        raise UserError(f"--sizes {cfg.sizes}: all sizes are zero")
+        raise OptionError({"sizes": cfg.sizes}, "all sizes are zero")
     if cfg.source == "hf":
         records, files = read_hf(cfg.input, cfg.dataset, cfg.hf_config, cfg.hf_split), [cfg.input]
     else:
@@ -34,8 +28,9 @@ def prepare_data(cfg: DataPrepareConfig) -> dict:
     note = None
     if sum(sizes) > len(records):
         if not cfg.scale_down:
-            raise UserError(f"{source}: {len(records)} records for language '{cfg.lang}', but the splits ask for "
-                            f"{sum(sizes)} ({','.join(map(str, sizes))}); pass --scale-down or smaller --sizes")
+            raise OptionError({"sizes": ",".join(map(str, sizes))},
+                              f"{source} has {len(records)} records for language '{cfg.lang}', but the splits ask for "
+                              f"{sum(sizes)}; pass <scale_down> or smaller sizes")
         note = f"source has {len(records)} records < {sum(sizes)} asked; sizes scaled down in proportion"
         sizes = scaled(sizes, len(records))
     splits = cut(records, sizes, cfg.seed)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-from ..config import load_yaml
-from ..errors import UserError
+from ..errors import OptionError, UserError
+from ..files import read_yaml
 from .records import FIELDS, LONG_FIELD
 
 # Raw text, no chat template; the tokenizer's BOS is prepended at tokenization time.
@@ -65,7 +65,7 @@ def table(prompts_file: str | None = None) -> dict[str, dict[str, Prompt]]:
     """The built-in prompts, with the entries of `prompts_file` added or replacing them."""
     entries: dict[str, dict[str, object]] = {t: dict(v) for t, v in BUILTIN.items()}
     if prompts_file:
-        for task, langs in load_yaml(prompts_file).items():
+        for task, langs in read_yaml(prompts_file).items():
             if not isinstance(langs, dict):
                 raise UserError(f"{prompts_file}: '{task}' must map language codes to templates")
             entries.setdefault(task, {}).update(langs)
@@ -89,10 +89,10 @@ def table(prompts_file: str | None = None) -> dict[str, dict[str, Prompt]]:
 def get_prompt(task: str, lang: str, prompts_file: str | None = None) -> Prompt:
     prompts = table(prompts_file)
     if task not in prompts:
-        raise UserError(f"--task {task}: unknown task; known: {', '.join(prompts)}")
+        raise OptionError({"task": task}, f"unknown task; known: {', '.join(prompts)}")
     if lang not in prompts[task]:
-        raise UserError(f"--lang {lang}: no {task} prompt for this language (known: {', '.join(sorted(prompts[task]))}); "
-                        "add one with --prompts FILE")
+        raise OptionError({"lang": lang}, f"no {task} prompt for this language (known: {', '.join(sorted(prompts[task]))}); "
+                          "add one with <prompts> FILE")
     return prompts[task][lang]
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 
 # Language code -> the name XL-Sum uses in its file names.
 XLSUM_NAMES = {"en": "english", "ar": "arabic", "zh": "chinese_simplified"}
@@ -157,7 +157,7 @@ def read_file(path: Path, task: str) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".json":
         if task != "qa":
-            raise UserError(f"{path}: SQuAD JSON holds QA data; use --dataset mlqa, or give XL-Sum JSONL")
+            raise UserError(f"{path}: SQuAD JSON holds QA data; use dataset mlqa, or give XL-Sum JSONL")
         return read_squad_json(path)
     if suffix == ".jsonl":
         return read_jsonl(path, task)
@@ -176,7 +176,7 @@ def files_in_folder(folder: Path, dataset: str, lang: str) -> list[Path]:
         files = sorted(folder.glob(f"{name}_*.jsonl"), key=lambda p: (SPLIT_ORDER.get(p.stem.split("_")[-1], 9), p.name))
         hint = f"{name}_{{train,val,test}}.jsonl"
     if not files:
-        raise UserError(f"{folder}: no {dataset} file for language '{lang}' (looked for {hint}); pass the file itself with --input")
+        raise UserError(f"{folder}: no {dataset} file for language '{lang}' (looked for {hint}); pass the file itself as input")
     return files
 
 
@@ -189,7 +189,7 @@ def read_local(input_path: str, dataset: str, lang: str) -> tuple[list[dict], li
     elif path.is_file():
         files = [path]
     else:
-        raise UserError(f"--input {input_path}: no such file or folder")
+        raise OptionError({"input": input_path}, "no such file or folder")
     records = [r for f in files for r in read_file(f, task)]
     return records, [str(f) for f in files]
 
@@ -199,11 +199,11 @@ def read_hf(dataset_id: str, dataset: str, config: str | None, split: str) -> li
     try:
         import datasets
     except ImportError:
-        raise UserError("--source hf needs the `datasets` package; run `pip install datasets`") from None
+        raise OptionError({"source": "hf"}, "needs the `datasets` package; run `pip install datasets`") from None
     try:
         ds = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as e:  # the hub raises many kinds; the user needs the one line
-        raise UserError(f"--input {dataset_id}: cannot load from the hub ({str(e).splitlines()[0]})") from None
+        raise OptionError({"input": dataset_id}, f"cannot load from the hub ({str(e).splitlines()[0]})") from None
     out = []
     for i, row in enumerate(ds):
         if dataset == "mlqa":

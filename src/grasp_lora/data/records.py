@@ -7,6 +7,7 @@ FIELDS = {
     "qa": ("context", "question", "answers"),
     "summarization": ("title", "article", "summary"),
 }
+TASKS = tuple(FIELDS)
 # The field that over-long prompts lose tokens from, and the one the model learns to write.
 LONG_FIELD = {"qa": "context", "summarization": "article"}
 

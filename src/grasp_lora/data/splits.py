@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 
 SPLITS = ("train", "val", "micro_dev", "test")
 # (dataset, lang) -> paper sizes; every other language is a low-resource target.
@@ -32,7 +32,7 @@ def parse_sizes(text: str) -> tuple[int, ...]:
     except ValueError:
         sizes = ()
     if len(sizes) != 4 or any(s < 0 for s in sizes):
-        raise UserError(f"--sizes {text!r}: expected four non-negative integers TRAIN,VAL,MICRO,TEST, e.g. 50,50,16,100")
+        raise OptionError({"sizes": repr(text)}, "expected four non-negative integers TRAIN,VAL,MICRO,TEST, e.g. 50,50,16,100")
     return sizes
 
 

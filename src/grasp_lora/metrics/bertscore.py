@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import OptionError, UserError
 from ..models import cache_root
 
 PACKAGED_E5 = "packaged:multilingual-e5-small"
@@ -39,7 +39,7 @@ def resolve_encoder(spec: str, layer: int | None) -> dict:
         return {"model_type": None, "num_layers": layer, "name": "bert-score default for the language (hub)"}
     path = Path(spec)
     if not (path / "config.json").is_file():
-        raise UserError(f"--bertscore-model {spec}: not a Hugging Face encoder folder (no config.json); "
+        raise OptionError({"bertscore_model": spec}, "not a Hugging Face encoder folder (no config.json); "
                         f"use {PACKAGED_E5}, a local folder, hub:default or none")
     if layer is None:
         layer = int(json.loads((path / "config.json").read_text())["num_hidden_layers"])

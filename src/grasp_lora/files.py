@@ -1,4 +1,5 @@
-"""Atomic writes: every file appears whole or not at all (temp file in the same folder, then rename)."""
+"""Files: atomic writes (every file appears whole or not at all: temp file in the same folder, then rename),
+JSON/JSONL/YAML reading, output folders and their lock."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import UserError
+import yaml
+
+from .errors import OptionError, UserError
 
 
 @contextlib.contextmanager
@@ -45,19 +48,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         raise UserError(f"{path}: cannot write it ({e.strerror or e}); free some space or choose another output") from None
 
 
-def finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON has no NaN or Infinity: write non-finite floats as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def dumps(obj: Any, **kw) -> str:
-    return json.dumps(finite(obj), ensure_ascii=False, allow_nan=False, **kw)
+    return json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False, **kw)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -174,3 +177,32 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
         lock.unlink(missing_ok=True)
         if created and not any(folder.iterdir()):
             folder.rmdir()  # bad input stopped the command before it wrote anything: leave no empty folder
+
+
+def output_dir(out: str) -> Path:
+    """Create the output folder `out` (option `out`) or say why it cannot be written."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OptionError({"out": out}, f"cannot create it ({e.strerror}); choose a writable folder") from None
+    if not os.access(path, os.W_OK):
+        raise OptionError({"out": out}, "not writable; choose a writable folder")
+    return path
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of option names to values at the top level")
+    return data

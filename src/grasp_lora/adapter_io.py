@@ -1,0 +1,168 @@
+"""Standard PEFT LoRA adapter folders: read and check them, put them on a model, write them (each file atomically)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import OptionError, UserError
+from .files import atomic_path, write_json
+from .merge import FORMS, MergedLoraLinear, inject
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+
+
+@dataclass
+class LoadedAdapter:
+    path: str
+    config: dict
+    weights: dict[str, dict[str, torch.Tensor]]  # module path -> {"A": [r, in], "B": [out, r]}
+
+    @property
+    def rank(self) -> int:
+        return int(self.config["r"])
+
+    @property
+    def scale(self) -> float:
+        alpha = float(self.config["lora_alpha"])
+        return alpha / math.sqrt(self.rank) if self.config.get("use_rslora") else alpha / self.rank
+
+    @property
+    def dropout(self) -> float:
+        return float(self.config.get("lora_dropout") or 0.0)
+
+    @property
+    def target_modules(self) -> set[str]:
+        tm = self.config["target_modules"]
+        return {tm} if isinstance(tm, str) else set(tm)
+
+
+def load_adapter_config(path: str | Path) -> dict:
+    """Read and check a PEFT adapter folder's adapter_config.json."""
+    path = Path(path)
+    cfg_file = path / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise UserError(f"{path}: adapter_model.safetensors is missing")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_file}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in cfg:
+            raise UserError(f"{cfg_file}: missing field '{key}'; is this a LoRA adapter?")
+    return cfg
+
+
+def load_adapter(path: str | Path) -> LoadedAdapter:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = load_adapter_config(path)
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise UserError(f"{path}/adapter_config.json: rank_pattern/alpha_pattern are not supported; use one rank")
+    try:
+        state = load_file(path / "adapter_model.safetensors")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}/adapter_model.safetensors: cannot read it ({e}); re-save the adapter") from None
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        m = _KEY.match(key)
+        if not m:
+            raise UserError(f"{path}/adapter_model.safetensors: unexpected tensor '{key}'; only LoRA A/B weights are supported")
+        weights.setdefault(m["module"], {})[m["ab"]] = tensor.float()
+    for module, ab in weights.items():
+        if set(ab) != {"A", "B"}:
+            raise UserError(f"{path}/adapter_model.safetensors: {module} lacks its lora_{'B' if 'A' in ab else 'A'} weight")
+        if ab["A"].shape[0] != int(config["r"]) or ab["B"].shape[1] != int(config["r"]):
+            raise UserError(f"{path}: {module} has rank {ab['A'].shape[0]} but adapter_config.json says r={config['r']}")
+    if not weights:
+        raise UserError(f"{path}/adapter_model.safetensors: no LoRA weights in it")
+    return LoadedAdapter(str(path), config, weights)
+
+
+def check_compatible(adapters: list[LoadedAdapter], form: str, base_id: str | None = None) -> None:
+    """Refuse adapters made for another base model, other target modules, or (a form of equal ranks) another rank."""
+    first = adapters[0]
+    for other in adapters[1:]:
+        if other.target_modules != first.target_modules or set(other.weights) != set(first.weights):
+            raise UserError(f"{other.path}: targets {sorted(other.target_modules)} but {first.path} targets "
+                            f"{sorted(first.target_modules)}; merge adapters trained on the same modules")
+        if FORMS[form].equal_ranks and other.rank != first.rank:
+            raise OptionError({"merge_form": form}, f"needs equal ranks, but {other.path} has rank {other.rank} "
+                              f"and {first.path} rank {first.rank} (use the sum form)")
+    bases = {a.config.get("base_model_name_or_path") for a in adapters} - {None}
+    if len(bases) > 1:
+        raise UserError("adapters were made for different base models: "
+                        + "; ".join(f"{a.path} -> {a.config.get('base_model_name_or_path')}" for a in adapters))
+    if base_id is not None and bases and bases != {base_id}:
+        raise OptionError({"model": base_id}, f"{first.path} was made for base model {bases.pop()}; use that "
+                          "model (or edit base_model_name_or_path if it is the same model)")
+
+
+def put_on(model: torch.nn.Module, adapters: list[LoadedAdapter], form: str, dropout: float | None = None
+           ) -> dict[str, MergedLoraLinear]:
+    """merge.inject, with an adapter that does not fit the model reported as the user's input to fix."""
+    try:
+        return inject(model, adapters, form, dropout)
+    except ValueError as e:
+        raise OptionError("adapters", str(e)) from None
+
+
+def save_adapter(peft_model, out: str | Path, base_id: str) -> None:
+    """Write a PEFT model's adapter_config.json + adapter_model.safetensors into `out`, each file atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for cfg in peft_model.peft_config.values():
+        cfg.base_model_name_or_path = base_id
+        if isinstance(cfg.target_modules, set):  # PEFT keeps a set: its JSON order would change from run to run
+            cfg.target_modules = sorted(cfg.target_modules)
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
+    try:
+        peft_model.save_pretrained(tmp, save_embedding_layers=False)  # LoRA on linears only; skips a hub lookup
+        for name in ADAPTER_FILES:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_peft_adapter(out: str | Path, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], lora_alpha: float,
+                       dropout: float, base_id: str) -> None:
+    """Write {module path: (B, A)} as a standard PEFT LoRA adapter folder (each file atomically)."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    state, ranks = {}, set()
+    for path, (B, A) in factors.items():
+        ranks.add(A.shape[0])
+        state[f"base_model.model.{path}.lora_A.weight"] = A.detach().float().cpu().contiguous()
+        state[f"base_model.model.{path}.lora_B.weight"] = B.detach().float().cpu().contiguous()
+    (rank,) = ranks
+    targets = sorted({path.rsplit(".", 1)[-1] for path in factors})
+    config = LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_id)
+    cfg = json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+    with atomic_path(out / "adapter_model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    write_json(out / "adapter_config.json", cfg)
+
+
+@torch.no_grad()
+def export_peft(layers: dict[str, MergedLoraLinear], out: str | Path, base_id: str, dropout: float) -> None:
+    """Write the merged (and masked) adapter as ONE standard PEFT LoRA adapter, scale 1 (lora_alpha = rank):
+    sum: rank sum_i r_i, B = [s_1 B_1 | s_2 B_2 | ...], A = [A_1; A_2; ...]; paper: rank r, B = sum B_i, A = sum A_i."""
+    factors = {path: layer.factors() for path, layer in layers.items()}
+    rank = next(iter(factors.values()))[1].shape[0]
+    write_peft_adapter(out, factors, rank, dropout, base_id)

@@ -1,0 +1,76 @@
+"""The controller run (`search`, SPEC §1.6): merge, prune at p_init, train on the target train set while the
+controller probes candidate ratios on the micro-dev set every K steps; writes history.jsonl and ratio.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+
+from . import distributed, prune
+from .config import SearchConfig
+from .controller import Controller, ControllerState
+from .files import append_jsonl, truncate_jsonl, write_json
+from .merged_run import MergedSetup, PruneHooks, setup_merged, trainable
+from .train import mean_loss, train
+
+
+class SearchHooks(PruneHooks):
+    def __init__(self, setup: MergedSetup, cfg: SearchConfig):
+        super().__init__(setup, cfg)
+        micro = setup.examples["micro_dev"]
+        loss_fn: Callable[[], float] = lambda: mean_loss(setup.model, micro, setup.tok.pad_token_id, setup.device,
+                                                         cfg.eval_batch_size)
+        self.controller = Controller(cfg, loss_fn, self.scores, self.commit, cfg.scope)
+        self.history = setup.out / "history.jsonl"
+        self.every = cfg.round_every
+        self.probe_seconds = 0.0
+
+    def after_step(self, step):
+        if step % self.every == 0:
+            self.controller_round(step)
+        st = self.controller.state
+        return {"p": st.p, "mu": st.mu, "sigma": st.sigma}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "controller": self.controller.state_dict(), "probe_seconds": self.probe_seconds}
+
+    def load_state_dict(self, state: dict, step: int) -> None:
+        super().load_state_dict(state, step)
+        self.controller.load_state_dict(state["controller"])
+        self.probe_seconds = state["probe_seconds"]
+        if distributed.is_main():
+            truncate_jsonl(self.history, lambda r: r["step"] <= step)
+
+    def controller_round(self, step: int) -> None:
+        """Rank 0 probes and decides; every other rank takes its masks and state."""
+        if distributed.is_main():
+            record = self.controller.round(self.setup.model, step)
+            self.probe_seconds += record["seconds"]
+            append_jsonl(self.history, record)
+        if distributed.active():
+            masks = prune.current_masks(self.setup.model)
+            distributed.broadcast_tensors(masks)
+            state = distributed.broadcast_object(asdict(self.controller.state))
+            if not distributed.is_main():
+                self.commit(masks)
+                self.controller.state = ControllerState(**state)
+
+
+def search(cfg: SearchConfig) -> tuple[dict, torch.nn.Module]:
+    """The controller run: learn the prune ratio online; writes history.jsonl and ratio.json.
+    Returns ratio.json's content and the trained, masked model."""
+    setup = setup_merged(cfg, ("train", "val", "micro_dev"))
+    if distributed.is_main() and not (cfg.resume and (setup.out / "checkpoint.pt").is_file()):
+        setup.out.joinpath("history.jsonl").unlink(missing_ok=True)
+    hooks = SearchHooks(setup, cfg)
+    hooks.prune_to(cfg.p_init)
+    summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"], cfg, setup.out,
+                    setup.tok.pad_token_id, setup.device, save_best=lambda: None, hooks=hooks,
+                    desc=f"search {cfg.task}/{cfg.lang}")
+    result = {**hooks.controller.result(), "steps": summary["steps"], "seconds": summary["seconds"],
+              "probe_seconds": hooks.probe_seconds, "best_val_loss": summary["best_val_loss"]}
+    if distributed.is_main():
+        write_json(setup.out / "ratio.json", result)
+    return result, setup.model
