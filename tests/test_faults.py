@@ -254,3 +254,20 @@ def test_bad_input_leaves_earlier_outputs_untouched(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{")
     check_one_line_error(capsys, cli("data", "prepare", "--lang", "ar", "--input", tmp_path / "bad.json", "--out", out))
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_outputs_are_created_with_the_users_umask(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the result has the mode open() would give (PEFT: 0644)."""
+    import os
+
+    from grasp_lora.files import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o002)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o664

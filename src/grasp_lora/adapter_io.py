@@ -58,9 +58,25 @@ def load_adapter_config(path: str | Path) -> dict:
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{cfg_file}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{cfg_file}: cannot be read as JSON ({str(e)[:80] or type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_file}: expected a JSON object (a PEFT LoraConfig)")
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in cfg:
             raise UserError(f"{cfg_file}: missing field '{key}'; is this a LoRA adapter?")
+    r, alpha, targets = cfg["r"], cfg["lora_alpha"], cfg["target_modules"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise UserError(f"{cfg_file}: r = {r!r}; the LoRA rank must be a positive integer")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        raise UserError(f"{cfg_file}: lora_alpha = {alpha!r}; it must be a positive number")
+    if not (isinstance(targets, str) or (isinstance(targets, list) and targets
+                                          and all(isinstance(t, str) for t in targets))):
+        raise UserError(f"{cfg_file}: target_modules = {targets!r}; give module names (a list of strings)")
+    dropout = cfg.get("lora_dropout")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0 <= dropout < 1):
+        raise UserError(f"{cfg_file}: lora_dropout = {dropout!r}; it must be a number in [0, 1)")
     return cfg
 
 

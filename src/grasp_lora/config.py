@@ -397,6 +397,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if value is None:
         return None
     try:
+        if isinstance(value, bool) and tp is not bool:  # YAML `seed: true` is not 1
+            raise ValueError(value)
+        if isinstance(value, (dict, set)) or (isinstance(value, list) and typing.get_origin(tp) is not list):
+            raise ValueError(value)  # YAML `out: {dir: x}` is not a folder name
         if tp is bool:
             if isinstance(value, bool):
                 return value
@@ -422,12 +426,15 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, source: str = "config"):
     """Make a `cls` from YAML values and flag overrides, checking names, types, choices and rules."""
     types_ = field_types(cls)
+    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for key, value in (yaml_values or {}).items():
         name = str(key).replace("-", "_")
         if name not in types_:
             known = ", ".join(sorted(types_))
             raise UserError(f"{source}: unknown key '{key}'; known keys: {known}")
+        if value is None and hints[name] == types_[name]:  # null for an option that is not Optional
+            raise UserError(f"{source}: {key} is null; give a value or leave the key out")
         values[name] = coerce(value, types_[name], f"{source}: {key}")
     for name, value in (overrides or {}).items():
         values[name] = coerce(value, types_[name], f"--{name.replace('_', '-')}")

@@ -19,6 +19,14 @@ import yaml
 from .errors import OptionError, UserError
 
 
+def file_mode() -> int:
+    """The mode open() gives a new file under the current umask (mkstemp's 0600 would hide outputs from a
+    teammate or a container running as another user)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
@@ -29,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise UserError(f"{path.parent}: cannot write here ({e.strerror}); choose a writable output directory") from e
     os.close(fd)
+    os.chmod(tmp, file_mode())
     tmp = Path(tmp)
     try:
         yield tmp
@@ -191,16 +200,32 @@ def output_dir(out: str) -> Path:
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{at}; fix the syntax") from None
+        problem = f" ({e.problem})" if getattr(e, "problem", None) else ""
+        raise UserError(f"{path}: not valid YAML{at}{problem}; fix it") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit integer, nesting deeper than Python's stack
+        raise UserError(f"{path}: a value cannot be read ({str(e)[:80] or type(e).__name__}); fix it") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

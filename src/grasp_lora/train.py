@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -152,8 +153,12 @@ def save_checkpoint(path: Path, params, optimizer, scheduler, progress: Progress
 def load_checkpoint(path: Path, params, optimizer, scheduler, hooks: Hooks) -> Progress:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint is data, never code
+    except pickle.UnpicklingError:  # weights_only refused an object that is not plain data: never run it
+        raise UserError(f"{path}: cannot read the checkpoint (it holds objects that are not tensors or plain data, "
+                        "refused unread); delete it or run without resume") from None
     except Exception as e:  # a checkpoint we cannot read is the user's to delete, not a crash
-        raise UserError(f"{path}: cannot read the checkpoint ({e}); delete it or run without resume") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{path}: cannot read the checkpoint ({why}); delete it or run without resume") from None
     if len(state["params"]) != len(params) or any(a.shape != p.shape for a, p in zip(state["params"], params)):
         raise UserError(f"{path}: the checkpoint does not match this run's adapters; use another output folder")
     with torch.no_grad():

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import OptionError, UserError
+
+log = logging.getLogger(__name__)
 
 # Language code -> the name XL-Sum uses in its file names.
 XLSUM_NAMES = {"en": "english", "ar": "arabic", "zh": "chinese_simplified"}
@@ -55,9 +58,11 @@ def read_squad_json(path: Path) -> list[dict]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit integer, nesting deeper than Python's stack
+        raise UserError(f"{path}: cannot be read as JSON ({str(e)[:80] or type(e).__name__})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise UserError(f"{path}: expected SQuAD-v1 JSON with a top-level 'data' list")
-    out = []
+    out, spans = [], {"repaired": 0, "missing": 0, "first_missing": None}
     for a, article in enumerate(doc["data"]):
         paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
         if not isinstance(paragraphs, list):
@@ -75,11 +80,31 @@ def read_squad_json(path: Path) -> list[dict]:
                 if not isinstance(answers, list):
                     raise UserError(f"{path}: {w} has no 'answers' list")
                 texts = [_str_field(path, f"{w}.answers[{i}]", ans, "text") for i, ans in enumerate(answers)]
+                for i, (ans, t) in enumerate(zip(answers, texts)):
+                    _check_span(context, ans.get("answer_start"), t, f"{w}.answers[{i}]", spans)
                 id_ = str(qa.get("id", f"{path.stem}-{a}-{p}-{q}"))
                 out.append(_qa(path, w, id_, context, question, texts))
     if not out:
         raise UserError(f"{path}: no question-answer pairs found")
+    if spans["missing"]:
+        raise UserError(f"{path}: {spans['missing']} answers do not occur in their context (first: "
+                        f"{spans['first_missing']}); extractive QA needs answers taken from the context: fix or drop them")
+    if spans["repaired"]:
+        log.warning("%s: %d answer_start values did not point at their answer; taken from the answer text",
+                    path, spans["repaired"])
     return out
+
+
+def _check_span(context: str, start, text: str, where: str, spans: dict) -> None:
+    """SQuAD's answer_start must point at the answer in the context: one that does not is repaired when the text
+    occurs in the context (we keep texts, not offsets), and counted as missing when it does not."""
+    if isinstance(start, int) and not isinstance(start, bool) and 0 <= start and context[start:start + len(text)] == text:
+        return
+    if text in context:
+        spans["repaired"] += 1
+    else:
+        spans["missing"] += 1
+        spans["first_missing"] = spans["first_missing"] or where
 
 
 def jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
@@ -91,6 +116,8 @@ def jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{path}: line {n} cannot be read as JSON ({str(e)[:80] or type(e).__name__})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}: line {n} is not a JSON object")
         yield n, row
