@@ -15,7 +15,7 @@ import torch
 import grasp_lora.controller_run as controller_run
 import grasp_lora.train as train
 from conftest import cli, make_adapter, run_cli
-from grasp_lora.files import LOCK_NAME, read_jsonl
+from grasp_lora.files import LOCK_NAME, TMP_SUFFIX, read_jsonl
 
 
 def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
@@ -81,7 +81,7 @@ def test_killed_at_random_times_leaves_only_whole_files(tmp_path, tiny_model, ti
         p.send_signal(signal.SIGKILL)
         p.wait()
         for f in out.rglob("*"):
-            if f.name.endswith(".tmp"):
+            if f.name.endswith(TMP_SUFFIX):
                 assert f.name.startswith("."), f  # a killed writer's temp file is hidden, never an output
                 continue
             if f.suffix == ".json":
@@ -94,7 +94,7 @@ def test_killed_at_random_times_leaves_only_whole_files(tmp_path, tiny_model, ti
                 torch.load(f, weights_only=False)
         r = run_cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--max-steps", 8, "--resume"))
         assert r.returncode == 0, r.stderr[-2000:]
-        assert not list(out.rglob("*.tmp"))  # the next command clears a killed writer's temp files
+        assert not list(out.rglob(f"*{TMP_SUFFIX}"))  # the next command clears a killed writer's temp files
 
 
 @pytest.mark.slow
@@ -162,7 +162,7 @@ def bad_adapters(tmp_path, tiny_model, tiny_adapters):
 def test_bad_adapters(tmp_path, capsys, case, needles, tiny_model, tiny_qwen, tiny_adapters, bad_adapters, demo_data):
     second = {"other_base": lambda: make_adapter(tiny_qwen, tmp_path / "qwen"),
               "other_rank_paper": lambda: tiny_adapters["ar_r4"], "other_targets": lambda: tiny_adapters["ar_q"],
-              "not_an_adapter": lambda: tmp_path}.get(case, lambda: bad_adapters.get(case))()
+              "not_an_adapter": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty"}.get(case, lambda: bad_adapters.get(case))()
     extra = ["--merge-form", "paper"] if case == "other_rank_paper" else []
     rc = cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], second, "--data",
              demo_data["ar"], "--lang", "ar", "--out", tmp_path / "out", *extra)
@@ -271,3 +271,47 @@ def test_outputs_are_created_with_the_users_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o664
+
+
+def test_users_temp_files_survive_and_stale_ones_of_ours_go(tmp_path, capsys, tiny_model, demo_data):
+    from grasp_lora.files import TMP_SUFFIX
+
+    out = tmp_path / "o"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / ".draft.tmp").write_text("mine")
+    (out / ".cache.tmp").mkdir()
+    (out / f".checkpoint.pt.x1{TMP_SUFFIX}").write_text("a killed writer's")
+    # a failing command and a succeeding one: the user's files stay, only our own stale temp file goes
+    assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "klingon", "--out", out) == 2
+    assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
+               "--max-steps", 1) == 0
+    assert (out / "sub" / ".draft.tmp").read_text() == "mine" and (out / ".cache.tmp").is_dir()
+    assert not list(out.glob(f"*{TMP_SUFFIX}"))
+
+
+OVERLAPS = {
+    "prepare_into_its_input_folder": lambda d, m, a: ["data", "prepare", "--lang", "ar", "--input",
+                                                      d / "train.jsonl", "--out", d],
+    "evaluate_over_predictions": lambda d, m, a: ["evaluate", "--predictions", d / "train.jsonl", "--lang", "ar",
+                                                  "--out", d / "train.jsonl"],
+    "ties_over_an_adapter": lambda d, m, a: ["ties", "--model", m, "--adapters", a[0], a[1], "--out", a[1]],
+    "finetune_inside_an_adapter": lambda d, m, a: ["finetune-merged", "--model", m, "--data", d, "--lang", "ar",
+                                                   "--adapters", a[0], a[1], "--out", a[0] / "run"],
+    "search_containing_the_data": lambda d, m, a: ["search", "--model", m, "--data", d, "--lang", "ar",
+                                                   "--adapters", a[0], a[1], "--out", d.parent],
+    "report_over_the_experiment": lambda d, m, a: ["report", d, "--out", d],
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERLAPS))
+def test_out_apart_from_every_input(tmp_path, capsys, tiny_model, tiny_adapters, demo_data, case):
+    import shutil
+
+    data = tmp_path / "inputs" / "data"
+    shutil.copytree(demo_data["ar"], data)
+    ads = [shutil.copytree(tiny_adapters[n], tmp_path / "inputs" / n) for n in ("en", "ar")]
+    before = {p: p.read_bytes() for p in (tmp_path / "inputs").rglob("*") if p.is_file()}
+    assert cli(*OVERLAPS[case](data, tiny_model, ads)) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "the input" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (tmp_path / "inputs").rglob("*") if p.is_file()} == before

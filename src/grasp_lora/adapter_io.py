@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import OptionError, UserError
-from .files import atomic_path, write_json
+from .files import TMP_SUFFIX, atomic_path, write_json
 from .merge import FORMS, MergedLoraLinear, inject
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -144,7 +144,7 @@ def save_adapter(peft_model, out: str | Path, base_id: str) -> None:
         cfg.base_model_name_or_path = base_id
         if isinstance(cfg.target_modules, set):  # PEFT keeps a set: its JSON order would change from run to run
             cfg.target_modules = sorted(cfg.target_modules)
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", suffix=TMP_SUFFIX, dir=out))
     try:
         peft_model.save_pretrained(tmp, save_embedding_layers=False)  # LoRA on linears only; skips a hub lookup
         for name in ADAPTER_FILES:

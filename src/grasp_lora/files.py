@@ -19,6 +19,11 @@ import yaml
 from .errors import OptionError, UserError
 
 
+# Every temporary name this tool makes ends so: a lock holder removes only these (a killed writer's), never a
+# user's own `.draft.tmp`.
+TMP_SUFFIX = ".grasp-lora-tmp"
+
+
 def file_mode() -> int:
     """The mode open() gives a new file under the current umask (mkstemp's 0600 would hide outputs from a
     teammate or a container running as another user)."""
@@ -33,7 +38,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as e:
         raise UserError(f"{path.parent}: cannot write here ({e.strerror}); choose a writable output directory") from e
     os.close(fd)
@@ -115,13 +120,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     except OSError as e:
         raise UserError(f"{path.parent}: cannot write here ({e.strerror}); choose a writable output directory") from e
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f".{path.name}.old{TMP_SUFFIX}")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -178,7 +183,7 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
-    for stale in folder.rglob(".*.tmp"):  # temp files of a killed writer: we hold the lock, nobody else writes
+    for stale in folder.rglob(f".*{TMP_SUFFIX}"):  # a killed writer's temp files: we hold the lock, nobody else writes
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     try:
         yield
