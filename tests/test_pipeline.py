@@ -1,5 +1,6 @@
 """The experiment runner end to end on the tiny model, resume by stage, and the demo (cut down to the tiny model)."""
 
+import csv
 import importlib.util
 import json
 
@@ -92,3 +93,56 @@ def test_ray_executor_two_workers(tmp_path, tiny_model):
         assert (out / stage / "done.json").is_file(), stage
     assert (out / "ray").is_dir()  # the trials ran under Ray Tune
     assert "GRASP LoRA (controller + final runs)" in r.stdout
+
+
+def test_changed_configuration_redoes_exactly_the_stages_it_touches(tmp_path, tiny_model, capsys):
+    """A finished experiment run again with another training option, seed list, grid, data input or methods:
+    only the stages that depend on the change are redone (and say which keys changed); the report holds only
+    this configuration's runs."""
+    import shutil
+
+    target = tmp_path / "ar.jsonl"
+    shutil.copy(corpus_file("qa", "ar"), target)
+    exp = experiment_yaml(tmp_path, tiny_model)
+    cfg = yaml.safe_load(exp.read_text())
+    cfg.update(target_input=str(target), methods=["alm", "alm_grid"], seeds=[42], max_steps=1)
+    out = tmp_path / "out"
+
+    def run(**change) -> tuple[set[str], list[dict], str]:
+        exp.write_text(yaml.safe_dump({**cfg, **change}))
+        capsys.readouterr()
+        assert cli("run", exp, "--out", out) == 0
+        text = capsys.readouterr().out
+        redone = {line.split()[1].rstrip(":") for line in text.splitlines() if line.strip().startswith("stage ")}
+        rows = list(csv.DictReader((out / "report" / "results.csv").open()))
+        return redone, rows, text
+
+    redone, rows, _ = run()
+    assert redone == {"data/source", "data/target", "adapters/source", "adapters/target", "alm/seed42",
+                      "grid/p0.3/seed42", "grid/p0.6/seed42", "grid/winner"}
+    assert run()[0] == set()  # nothing changed: nothing redone
+
+    redone, _, text = run(lr=3e-4)  # a training option: the adapters and everything after them
+    assert redone == {"adapters/source", "adapters/target", "alm/seed42", "grid/p0.3/seed42", "grid/p0.6/seed42",
+                      "grid/winner"}
+    assert "stage adapters/source: redoing it, its configuration changed (lr)" in text
+    cfg["lr"] = 3e-4
+
+    redone, rows, _ = run(seeds=[42, 7])  # a seed more: only its runs
+    assert redone == {"alm/seed7"} and {r["method"]: r["seeds"] for r in rows}["alm"] == "2"
+    redone, rows, _ = run()  # back to one seed: the seed-7 folder stays, but is not in the report
+    assert redone == set() and {r["method"]: r["seeds"] for r in rows}["alm"] == "1"
+
+    redone, _, _ = run(grid=[0.3])  # a smaller grid: the winner is chosen again among the points asked for
+    assert redone == {"grid/winner"}
+    assert "| 1 |" in (out / "report" / "runtime.md").read_text()  # the grid counts 1 run, not 2
+
+    redone, rows, _ = run(methods=["alm"])  # fewer methods: the report lists only those
+    assert redone == set() and [r["method"] for r in rows] == ["alm"]
+
+    with target.open("a") as f:  # the target data changed: its split and everything after it
+        f.write(target.read_text().splitlines()[0].replace('"id": "', '"id": "new-') + "\n")
+    redone, _, text = run()
+    assert redone == {"data/target", "adapters/target", "alm/seed42", "grid/p0.3/seed42", "grid/p0.6/seed42",
+                      "grid/winner"}
+    assert "stage data/target: redoing it, its configuration changed (input)" in text

@@ -2,16 +2,20 @@
 
 data -> adapters -> baselines -> grid -> GRASP -> generate -> evaluate -> report. Each stage has its own
 folder and writes `done.json` (with its wall time) when complete; a re-run skips complete stages, so an
-interrupted experiment continues where it stopped. Every trained or evaluated run also gets `run.json`
+interrupted experiment continues where it stopped. `done.json` records what the stage depends on (the options
+it reads, its inputs' identity, the fingerprints of the stages it reads): a re-run with another configuration
+redoes exactly the stages whose dependencies changed, and says which keys changed. Every trained or evaluated run also gets `run.json`
 (method, seed, prune ratio, training seconds, val loss), which `report` reads. Runtime is honest: grid and
 GRASP runs use the same training loop, data, hardware and stopping rules, and count every run they need.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,10 +32,38 @@ def shared_fields(src, cls) -> dict:
     return {n: getattr(src, n) for n in names}
 
 
+def identity(path: str | None) -> object:
+    """What a path input is, cheaply: each file's size and mtime (a hub id or packaged name: itself)."""
+    p = Path(path) if path else None
+    if p is None or not p.exists():
+        return path
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return {"path": str(p.resolve()), "files": [[str(f.relative_to(p)) if f != p else f.name, f.stat().st_size,
+                                                 f.stat().st_mtime_ns] for f in files]}
+
+
+def fingerprint(deps: dict) -> str:
+    return hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# The experiment options each kind of stage reads (besides the stages it reads, which enter by fingerprint).
+TRAIN_KEYS = ("model", "dtype", "task", "lr", "weight_decay", "gamma", "epochs", "batch_size", "grad_accum", "patience",
+              "max_steps", "eval_batch_size", "max_length")
+EVAL_KEYS = ("model", "dtype", "task", "generate_limit", "generate_batch_size", "max_new_tokens", "bertscore_model")
+MERGED_KEYS = TRAIN_KEYS + ("merge_form",)
+FINAL_KEYS = MERGED_KEYS + ("final_criterion", "reprune")
+CONTROLLER_KEYS = MERGED_KEYS + ("search_criterion", "search_batch_size", "search_grad_accum", "search_max_steps",
+                                 "seed", "p_min", "p_max", "p_init", "sigma_init", "round_every", "group_size",
+                                 "policy_lr", "kl_coef", "entropy_bonus", "max_ratio_step", "controller_seed",
+                                 "importance_refresh", "commit_mask", "ratio_rule", "advantage")
+
+
 @dataclass
 class Experiment:
     cfg: ExperimentConfig
     out: Path
+    fingerprints: dict[str, str] = field(default_factory=dict)  # stage -> fingerprint of what it depends on
+    stages: list[str] = field(default_factory=list)  # this configuration's stages, in order
 
     def path(self, *parts) -> Path:
         return self.out.joinpath(*map(str, parts))
@@ -44,16 +76,52 @@ class Experiment:
     def adapters(self) -> list[str]:
         return [str(self.path("adapters", "source")), str(self.path("adapters", "target"))]
 
-    def stage(self, name: str, fn: Callable[[Path], dict | None]) -> dict:
-        """Run `fn(folder)` unless its done.json says it is complete; returns what done.json holds."""
+    def depends(self, name: str, keys: tuple[str, ...] = (), stages: tuple[str, ...] = (), **values) -> dict:
+        """Declare what stage `name` depends on: experiment options `keys`, earlier `stages` (by fingerprint),
+        and other `values`; returns the dependencies (recorded in done.json)."""
+        deps = {k: getattr(self.cfg, k) for k in keys}
+        deps.update({f"stage {s}": self.fingerprints[s] for s in stages}, **values)
+        if "prompts" not in deps and "task" in keys:
+            deps["prompts"] = identity(self.cfg.prompts)
+        deps = json.loads(json.dumps(deps, default=str))  # as done.json will hold them
+        self.fingerprints[name] = fingerprint(deps)
+        self.stages.append(name)
+        return deps
+
+    def done(self, name: str, deps: dict | None) -> dict | None:
+        """done.json of a finished stage made from the same dependencies (None: any), else None."""
+        path = self.path(name, "done.json")
+        if not path.is_file():
+            return None
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = None
+        if not isinstance(info, dict) or "seconds" not in info:
+            print(f"  stage {name}: done.json unreadable; redoing the stage")
+            return None
+        old = info.get("depends_on")
+        if deps is not None and old != deps:
+            changed = sorted(k for k in set(old or {}) | set(deps) if (old or {}).get(k) != deps.get(k))
+            print(f"  stage {name}: redoing it, its configuration changed ({', '.join(changed) or 'not recorded'})")
+            return None
+        return info
+
+    def stage(self, name: str, fn: Callable[[Path], dict | None], deps: dict | None = None) -> dict:
+        """Run `fn(folder)` unless done.json says it is complete with the same dependencies `deps` (from
+        `depends`; None: complete is enough); returns what done.json holds. A stage redone starts from an
+        empty folder."""
+        info = self.done(name, deps)
+        if info is not None:
+            return info
         folder = self.path(name)
-        done = folder / "done.json"
-        if done.is_file():
-            return json.loads(done.read_text(encoding="utf-8"))
+        if folder.exists():
+            shutil.rmtree(folder)  # the stage's own folder: outputs of another configuration
         start = time.time()
         info = fn(folder) or {}
         info["seconds"] = time.time() - start
-        write_json(done, info)
+        info["depends_on"] = deps
+        write_json(folder / "done.json", info)
         print(f"  stage {name}: {info['seconds'] / 60:.2f} min")
         return info
 
@@ -97,13 +165,13 @@ def search_batching(c: ExperimentConfig) -> dict:
     return {"batch_size": c.search_batch_size, "grad_accum": c.search_grad_accum, "max_steps": max_steps}
 
 
-def run_trials(exp: Experiment, trials: list[tuple[str, Callable[[Path], dict | None]]]) -> list[dict]:
-    """Independent stages: one after another, or as Ray Tune trials."""
+def run_trials(exp: Experiment, trials: list[tuple[str, Callable[[Path], dict | None], dict]]) -> list[dict]:
+    """Independent stages (name, fn, dependencies): one after another, or as Ray Tune trials."""
     if exp.cfg.executor == "ray":
         from .ray_executor import run_stages
 
         return run_stages(exp, trials)
-    return [exp.stage(name, fn) for name, fn in trials]
+    return [exp.stage(name, fn, deps) for name, fn, deps in trials]
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
@@ -121,13 +189,18 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     seeds, grid_seeds = cfg.seeds, cfg.grid_seeds or cfg.seeds
 
     for side, lang in (("source", c.source_lang), ("target", c.target_lang)):
+        deps = exp.depends(f"data/{side}", ("dataset", "seed", "scale_down", f"{side}_sizes"), lang=lang,
+                           input=identity(getattr(c, f"{side}_input")))
         exp.stage(f"data/{side}", lambda d, side=side, lang=lang: prepare_data(DataPrepareConfig(
             dataset=c.dataset, lang=lang, input=getattr(c, f"{side}_input"), out=str(d), seed=c.seed,
-            sizes=getattr(c, f"{side}_sizes"), scale_down=c.scale_down)))
+            sizes=getattr(c, f"{side}_sizes"), scale_down=c.scale_down)), deps)
     adapter_info = {}
     for side, lang in (("source", c.source_lang), ("target", c.target_lang)):
+        deps = exp.depends(f"adapters/{side}", TRAIN_KEYS + ("seed",), (f"data/{side}",), lang=lang,
+                           model_files=identity(c.model))
         adapter_info[side] = exp.stage(f"adapters/{side}", lambda d, side=side, lang=lang: train_adapter(exp.train_cfg(
-            TrainAdapterConfig, lang=lang, data=str(exp.data[side]), out=str(d))))
+            TrainAdapterConfig, lang=lang, data=str(exp.data[side]), out=str(d))), deps)
+    adapters = ("adapters/source", "adapters/target")
 
     def evaluated(method: str, adapter_fn: Callable[[Path], str | None], seconds_fn=None, **info):
         def fn(d: Path):
@@ -139,10 +212,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         return fn
 
     if "zero_shot" in c.methods:
-        exp.stage("zero_shot", evaluated("zero_shot", lambda d: None, lambda: 0.0))
+        exp.stage("zero_shot", evaluated("zero_shot", lambda d: None, lambda: 0.0),
+                  exp.depends("zero_shot", EVAL_KEYS, ("data/target",), model_files=identity(c.model)))
     if "target_lora" in c.methods:
         exp.stage("target_lora", evaluated("target_lora", lambda d: exp.adapters[1],
-                                           lambda: adapter_info["target"]["seconds"], seed=c.seed))
+                                           lambda: adapter_info["target"]["seconds"], seed=c.seed),
+                  exp.depends("target_lora", EVAL_KEYS, ("data/target", "adapters/target")))
     def ties_adapter(d: Path) -> str:
         ties_merge(TiesConfig(model=c.model, device=c.device, dtype=c.dtype, adapters=exp.adapters,
                               density=c.ties_density, out=str(d / "adapter")))
@@ -156,9 +231,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         return str(d / "adapter")
 
     if "ties" in c.methods:
-        exp.stage("ties", evaluated("ties", ties_adapter))
+        exp.stage("ties", evaluated("ties", ties_adapter),
+                  exp.depends("ties", EVAL_KEYS + ("ties_density",), ("data/target",) + adapters))
     if "lorahub" in c.methods:
-        exp.stage("lorahub", evaluated("lorahub", lorahub_adapter))
+        exp.stage("lorahub", evaluated("lorahub", lorahub_adapter),
+                  exp.depends("lorahub", EVAL_KEYS + ("lorahub_examples", "lorahub_budget", "seed", "max_length"),
+                              ("data/target",) + adapters))
 
     def final_run(method: str, ratio_fn: Callable[[], float], seed: int):
         def fn(d: Path):
@@ -168,8 +246,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             write_run_info(d, method, task, tgt, info["train_seconds"], seed, ratio, info["val_loss"])
         return fn
 
+    def final_deps(name: str, seed: int, stages: tuple[str, ...] = (), **values) -> dict:
+        return exp.depends(name, FINAL_KEYS + EVAL_KEYS, ("data/target",) + adapters + stages, seed=seed, **values)
+
     if "alm" in c.methods:
-        run_trials(exp, [(f"alm/seed{s}", final_run("alm", lambda: 0.0, s)) for s in seeds])
+        run_trials(exp, [(f"alm/seed{s}", final_run("alm", lambda: 0.0, s), final_deps(f"alm/seed{s}", s))
+                         for s in seeds])
 
     if "alm_grid" in c.methods:
         def grid_run(ratio: float, seed: int):
@@ -179,7 +261,10 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                 return info
             return fn
 
-        points = run_trials(exp, [(f"grid/p{p}/seed{s}", grid_run(p, s)) for p in c.grid for s in grid_seeds])
+        points = run_trials(exp, [(f"grid/p{p}/seed{s}", grid_run(p, s),
+                                   exp.depends(f"grid/p{p}/seed{s}", FINAL_KEYS, ("data/target",) + adapters,
+                                               seed=s, prune_ratio=p))
+                                  for p in c.grid for s in grid_seeds])
         val = {p: [points[i * len(grid_seeds) + j]["val_loss"] for j in range(len(grid_seeds))]
                for i, p in enumerate(c.grid)}
         best = grid_winner(val)
@@ -193,7 +278,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                 exp.evaluate_into(run, str(run / "adapter"))
             return {"prune_ratio": best, "mean_val_loss": mean_val}
 
-        exp.stage("grid/winner", evaluate_winner)
+        exp.stage("grid/winner", evaluate_winner,
+                  exp.depends("grid/winner", EVAL_KEYS, tuple(f"grid/p{p}/seed{s}" for p in c.grid for s in grid_seeds)))
 
     if "grasp" in c.methods:
         def controller_run(d: Path):
@@ -204,7 +290,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             write_run_info(d, "grasp_search", task, tgt, time.time() - start, c.seed, result["prune_ratio"])
             return result
 
-        p_star = exp.stage("grasp/search", controller_run)["prune_ratio"]
-        run_trials(exp, [(f"grasp/seed{s}", final_run("grasp", lambda: p_star, s)) for s in seeds])
+        p_star = exp.stage("grasp/search", controller_run, exp.depends(
+            "grasp/search", CONTROLLER_KEYS, ("data/target",) + adapters))["prune_ratio"]
+        run_trials(exp, [(f"grasp/seed{s}", final_run("grasp", lambda: p_star, s),
+                          final_deps(f"grasp/seed{s}", s, ("grasp/search",))) for s in seeds])
 
-    return report(ReportConfig(runs=[str(exp.out)], out=str(exp.path("report"))))
+    # only this configuration's runs: a folder left by another configuration (a seed or grid point no longer
+    # asked for) is not in the tables
+    runs = [str(exp.path(s)) for s in exp.stages if not s.startswith(("data/", "adapters/"))]
+    return report(ReportConfig(runs=runs, out=str(exp.path("report"))))

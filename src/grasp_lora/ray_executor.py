@@ -17,15 +17,15 @@ import torch
 from .errors import UserError
 
 
-def run_stages(exp, trials: list[tuple[str, Callable[[Path], dict | None]]]) -> list[dict]:
+def run_stages(exp, trials: list[tuple[str, Callable[[Path], dict | None], dict]]) -> list[dict]:
     try:
         import ray
         from ray import tune
     except ImportError:
         raise UserError('--executor ray needs Ray Tune: pip install "grasp-lora[ray]"') from None
 
-    fns = dict(trials)
-    pending = [name for name in fns if not (exp.path(name) / "done.json").is_file()]
+    fns = {name: (fn, deps) for name, fn, deps in trials}
+    pending = [name for name, (_, deps) in fns.items() if exp.done(name, deps) is None]
     if pending:
         gpus = torch.cuda.device_count()
         workers = max(1, exp.cfg.ray_workers)
@@ -36,7 +36,7 @@ def run_stages(exp, trials: list[tuple[str, Callable[[Path], dict | None]]]) -> 
 
         def trainable(config: dict) -> None:
             torch.set_num_threads(cpus)
-            info = exp.stage(config["stage"], fns[config["stage"]])
+            info = exp.stage(config["stage"], *fns[config["stage"]])
             tune.report({"seconds": info["seconds"]})
 
         resources = {"cpu": cpus, "gpu": 1 if gpus else 0}
