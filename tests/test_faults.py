@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import random
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import torch
 import grasp_lora.controller_run as controller_run
 import grasp_lora.train as train
 from conftest import cli, make_adapter, run_cli
+from grasp_lora.errors import UserError
 from grasp_lora.files import LOCK_NAME, TMP_SUFFIX, read_jsonl
 
 
@@ -256,11 +258,20 @@ def test_bad_input_leaves_earlier_outputs_untouched(tmp_path, capsys):
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
-def test_outputs_are_created_with_the_users_umask(tmp_path):
-    """Atomic writes go through mkstemp (mode 0600); the result has the mode open() would give (PEFT: 0644)."""
-    import os
-
+def test_outputs_are_created_with_the_users_umask(tmp_path, tiny_model, demo_data):
+    """Atomic writes go through mkstemp (mode 0600) and safetensors writes 0600; every output has the mode
+    open() would give (PEFT: 0644)."""
     from grasp_lora.files import write_json
+
+    out = tmp_path / "adapter"
+    old = os.umask(0o022)
+    try:
+        assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
+                   "--max-steps", 1) == 0
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir() if f.is_file()}
+    assert set(modes.values()) == {0o644}, modes
 
     old = os.umask(0o022)
     try:
@@ -315,3 +326,106 @@ def test_out_apart_from_every_input(tmp_path, capsys, tiny_model, tiny_adapters,
     err = capsys.readouterr().err
     assert "--out" in err and "the input" in err and len(err.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in (tmp_path / "inputs").rglob("*") if p.is_file()} == before
+
+
+def _hold_lock(folder: str, log: str, barrier) -> None:
+    """One contender: wait for all, try the lock; while held, no other holder may exist (O_EXCL sentinel)."""
+    from grasp_lora.errors import UserError
+    from grasp_lora.files import output_lock
+
+    barrier.wait()
+    try:
+        with output_lock(folder, "race"):
+            fd = os.open(os.path.join(folder, "holder"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if two hold
+            time.sleep(0.05)
+            os.close(fd)
+            os.unlink(os.path.join(folder, "holder"))
+            outcome = "held"
+    except UserError:
+        outcome = "refused"
+    except FileExistsError:
+        outcome = "TWO HOLDERS"
+    with open(log, "a") as f:
+        f.write(outcome + "\n")
+
+
+@pytest.mark.parametrize("stale", ["garbled", "empty", "dead_pid"])
+def test_lock_race_one_holder_at_a_time(tmp_path, stale):
+    """24 processes start at once on a folder whose lock file was left behind (garbled, empty, or naming a dead
+    process): at every moment at most one holds it, and every one either holds it or is refused in one line."""
+    import multiprocessing
+
+    from grasp_lora.files import LOCK_NAME
+
+    folder, log = tmp_path / "o", tmp_path / "log"
+    folder.mkdir()
+    (folder / LOCK_NAME).write_text({"garbled": "{not json", "empty": "",
+                                     "dead_pid": '{"pid": 999999, "host": "x", "command": "c"}'}[stale])
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(24)
+    procs = [ctx.Process(target=_hold_lock, args=(str(folder), str(log), barrier)) for _ in range(24)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    outcomes = log.read_text().split()
+    assert len(outcomes) == 24 and "TWO HOLDERS" not in outcomes and "held" in outcomes
+
+
+def test_lock_covers_folders_inside_and_around(tmp_path, capsys, tiny_model, demo_data):
+    """While a command holds RUN, another may not write RUN/adapters/source (a running experiment's stage), and
+    while one holds RUN/x, none may take RUN."""
+    from grasp_lora.files import output_lock
+
+    run = tmp_path / "run"
+    with output_lock(run, "grasp-lora run"):
+        rc = cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar",
+                 "--out", run / "adapters" / "source", "--max-steps", 1)
+        assert rc == 2 and "is being written by pid" in capsys.readouterr().err
+    with output_lock(run / "x", "grasp-lora train-adapter"):
+        with pytest.raises(UserError, match="is being written by pid"):
+            with output_lock(run, "grasp-lora run"):
+                pass
+    with output_lock(run, "grasp-lora run"):  # both released: free again
+        pass
+
+
+def test_no_write_follows_a_symlink_out_of_out(tmp_path, capsys, tiny_model, demo_data):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("train_log.jsonl", "val_log.jsonl", "config.yaml", "train_summary.json"):
+        (out / name).symlink_to(outside / name)  # dangling links planted in --out
+    cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
+        "--max-steps", 2, "--grad-accum", 1)
+    assert not any(outside.iterdir())  # nothing was written through a link
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "adapter"])
+def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_good_file(tmp_path, capsys, monkeypatch, what,
+                                                                           tiny_model, tiny_adapters, demo_data):
+    """ENOSPC inside torch.save (checkpoint) or the safetensors write (adapter): exit 2, one line, and the file
+    from the earlier save is still there, whole."""
+    import safetensors.torch
+
+    out = tmp_path / "a"
+    args = ["finetune-merged", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
+            "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--grad-accum", 1, "--checkpoint-every", 1]
+    assert cli(*args, "--max-steps", 2) == 0
+    name = "checkpoint.pt" if what == "checkpoint" else "adapter/adapter_model.safetensors"
+    before = (out / name).read_bytes()
+    if what == "checkpoint":
+        def full(*a, **k):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+        monkeypatch.setattr(torch, "save", full)
+    else:
+        def full(*a, **k):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(safetensors.torch, "save_file", full)
+    capsys.readouterr()
+    assert cli(*args, "--max-steps", 4, "--seed", 7) == 2  # another run into the same folder
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("grasp-lora: error:")]
+    assert len(errors) == 1 and f"{name}: cannot write it" in errors[0] and "Traceback" not in err, err
+    assert (out / name).read_bytes() == before

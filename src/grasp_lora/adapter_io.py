@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import OptionError, UserError
-from .files import TMP_SUFFIX, atomic_path, write_json
+from .files import TMP_SUFFIX, atomic_path, file_mode, raise_write_error, write_json
 from .merge import FORMS, MergedLoraLinear, inject
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -148,7 +148,10 @@ def save_adapter(peft_model, out: str | Path, base_id: str) -> None:
     try:
         peft_model.save_pretrained(tmp, save_embedding_layers=False)  # LoRA on linears only; skips a hub lookup
         for name in ADAPTER_FILES:
+            os.chmod(tmp / name, file_mode())  # safetensors writes 0600; PEFT users expect the umask's 0644
             os.replace(tmp / name, out / name)
+    except Exception as e:
+        raise_write_error(out / ADAPTER_FILES[1], e)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

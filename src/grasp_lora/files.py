@@ -4,6 +4,7 @@ JSON/JSONL/YAML reading, output folders and their lock."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -42,13 +43,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise UserError(f"{path.parent}: cannot write here ({e.strerror}); choose a writable output directory") from e
     os.close(fd)
-    os.chmod(tmp, file_mode())
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, file_mode())  # after the block: some writers (safetensors) make the file anew, 0600
         os.replace(tmp, path)
+    except Exception as e:
+        raise_write_error(path, e)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def raise_write_error(path: Path, e: Exception) -> None:
+    """A full disk or an I/O error while writing `path` is the user's to fix (one line); anything else re-raises.
+    torch.save and safetensors report them as their own exception types."""
+    if not (isinstance(e, OSError) or any(s in str(e).lower() for s in ("write", "ioerror", "no space", "quota"))):
+        raise e
+    why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0][:120]
+    raise UserError(f"{path}: cannot write it ({why}); free some space or choose another output "
+                    f"(the previous {path.name}, if any, is intact)") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -89,13 +102,14 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one whole line with a single write() on an O_APPEND descriptor: it lands whole or not at all."""
     line = (dumps(row) + "\n").encode("utf-8")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never out via a link
         try:
             os.write(fd, line)
         finally:
             os.close(fd)
     except OSError as e:
-        raise UserError(f"{path}: cannot append to it ({e.strerror or e}); free some space or choose another output") from None
+        fix = "remove the link" if Path(path).is_symlink() else "free some space or choose another output"
+        raise UserError(f"{path}: cannot append to it ({e.strerror or e}); {fix}") from None
 
 
 def truncate_jsonl(path: str | os.PathLike, keep) -> None:
@@ -140,20 +154,54 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 LOCK_NAME = ".grasp-lora.lock"
 
 
-def _alive(pid: int) -> bool:
+def _holder(lock: Path) -> str:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        h = json.loads(lock.read_text(encoding="utf-8"))
+        return f"pid {h['pid']} on {h['host']} ({h['command']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said who it is yet"
+
+
+def _held(lock: Path) -> bool:
+    """Whether some process holds `lock` (an flock dies with its process: a killed holder leaves none)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)
+
+
+def _acquire(lock: Path) -> int:
+    """An exclusive flock on `lock`, or a UserError naming its holder. Race-free: the kernel arbitrates, and a
+    lock file unlinked by the previous holder between our open and our flock is noticed (inode check) and retried."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{lock.parent}: another grasp-lora command is writing here: {_holder(lock)}; wait for "
+                            "it or use another output folder") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
-    """Hold FOLDER/.grasp-lora.lock while a command writes FOLDER; a second writer is refused with the
-    holder's pid, host and command. A lock left by a dead process on this host is taken over."""
+    """Hold FOLDER/.grasp-lora.lock while a command writes FOLDER. A second writer of FOLDER, of a folder inside
+    it or of one that contains it (a running experiment's stage folders) is refused with the holder's pid, host and
+    command. The lock is an flock: a killed holder leaves none, whatever the lock file holds (empty, garbled)."""
     folder = Path(folder)
     created = not folder.exists()
     try:
@@ -161,34 +209,26 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
     except OSError as e:
         raise UserError(f"{folder}: cannot create it ({e.strerror}); choose a writable output folder") from None
     lock = folder / LOCK_NAME
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                holder = {}
-            same_host = holder.get("host") == me["host"]
-            if holder and same_host and not _alive(int(holder.get("pid", -1))):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            who = (f"pid {holder.get('pid')} on {holder.get('host')} ({holder.get('command')})" if holder
-                   else "an unreadable lock")
-            raise UserError(f"{folder}: another grasp-lora command is writing here: {who}; wait for it, "
-                            f"use another output folder, or delete {lock} if that process is gone") from None
-        except OSError as e:
-            raise UserError(f"{folder}: cannot write here ({e.strerror}); choose a writable output folder") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        break
-    for stale in folder.rglob(f".*{TMP_SUFFIX}"):  # a killed writer's temp files: we hold the lock, nobody else writes
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     try:
+        fd = _acquire(lock)
+    except OSError as e:
+        raise UserError(f"{folder}: cannot write here ({e.strerror}); choose a writable output folder") from None
+    try:
+        around = [p / LOCK_NAME for p in folder.resolve().parents] + [
+            p for p in folder.rglob(LOCK_NAME) if p != lock]
+        for other in around:
+            if _held(other):
+                raise UserError(f"{folder}: {other.parent} is being written by {_holder(other)}; wait for it or "
+                                "use a folder outside it")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                 "since": time.time()}).encode())
+        for stale in folder.rglob(f".*{TMP_SUFFIX}"):  # a killed writer's temp files: we hold the lock
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # while still holding it: a waiter that opened it retries (inode check)
+        os.close(fd)
         if created and not any(folder.iterdir()):
             folder.rmdir()  # bad input stopped the command before it wrote anything: leave no empty folder
 

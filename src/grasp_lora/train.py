@@ -231,54 +231,54 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
     def finished() -> bool:
         return bool(settings.max_steps) and progress.step >= settings.max_steps
 
-    model.train()
-    while not progress.stopped:
-        epoch = progress.epoch
-        order = epoch_order(len(train_examples), settings.seed, epoch)
-        batches = _micro_batches(train_examples, order, settings.batch_size)
-        groups = [batches[s:s + settings.grad_accum] for s in range(0, len(batches), settings.grad_accum)]
-        while progress.group < len(groups) and not finished():
-            group = groups[progress.group]
-            n_examples = sum(len(mb) for mb in group)
-            local = 0.0
-            for mb in group[distributed.rank()::distributed.world()]:  # this rank's share of the step
-                per_example = example_nll(model, collate(mb, pad_id, device))
-                (per_example.sum() / n_examples).backward()
-                local += per_example.sum().item()
-            (total_loss,) = distributed.sum_floats([local], device)
-            loss_value = total_loss / n_examples
-            if not math.isfinite(loss_value):
-                raise NumericalError(f"{desc}: loss is {loss_value} at step {progress.step + 1}; "
-                                     f"the last good checkpoint in {out_dir} is intact")
-            distributed.sum_gradients(params)
-            if not all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
-                raise NumericalError(f"{desc}: non-finite gradient at step {progress.step + 1}; "
-                                     f"the last good checkpoint in {out_dir} is intact")
-            hooks.before_step(progress.step + 1)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            progress.group += 1
-            extra = hooks.after_step(progress.step)
-            if main:
-                append_jsonl(train_log, {"step": progress.step, "epoch": epoch, "loss": loss_value,
-                                         "lr": optimizer.param_groups[0]["lr"], **(extra or {})})
-            bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in (extra or {}).items()
-                                                         if isinstance(v, float)})
-            bar.update(1)
-            if settings.checkpoint_every and progress.step % settings.checkpoint_every == 0 \
-                    and progress.group < len(groups) and not finished():
-                checkpoint()
-        evaluate(epoch)
-        scheduler.step()
-        progress.epoch, progress.group = epoch + 1, 0
-        if finished():
-            progress.stopped = "max_steps"
-        elif settings.patience and progress.bad_epochs >= settings.patience:
-            progress.stopped = "early_stopping"
-        elif progress.epoch >= settings.epochs:
-            progress.stopped = "epochs"
-        checkpoint()
-    bar.close()
+    with bar:  # closed on any exit, so an error message starts on a line of its own
+        model.train()
+        while not progress.stopped:
+            epoch = progress.epoch
+            order = epoch_order(len(train_examples), settings.seed, epoch)
+            batches = _micro_batches(train_examples, order, settings.batch_size)
+            groups = [batches[s:s + settings.grad_accum] for s in range(0, len(batches), settings.grad_accum)]
+            while progress.group < len(groups) and not finished():
+                group = groups[progress.group]
+                n_examples = sum(len(mb) for mb in group)
+                local = 0.0
+                for mb in group[distributed.rank()::distributed.world()]:  # this rank's share of the step
+                    per_example = example_nll(model, collate(mb, pad_id, device))
+                    (per_example.sum() / n_examples).backward()
+                    local += per_example.sum().item()
+                (total_loss,) = distributed.sum_floats([local], device)
+                loss_value = total_loss / n_examples
+                if not math.isfinite(loss_value):
+                    raise NumericalError(f"{desc}: loss is {loss_value} at step {progress.step + 1}; "
+                                         f"the last good checkpoint in {out_dir} is intact")
+                distributed.sum_gradients(params)
+                if not all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+                    raise NumericalError(f"{desc}: non-finite gradient at step {progress.step + 1}; "
+                                         f"the last good checkpoint in {out_dir} is intact")
+                hooks.before_step(progress.step + 1)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                progress.step += 1
+                progress.group += 1
+                extra = hooks.after_step(progress.step)
+                if main:
+                    append_jsonl(train_log, {"step": progress.step, "epoch": epoch, "loss": loss_value,
+                                             "lr": optimizer.param_groups[0]["lr"], **(extra or {})})
+                bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in (extra or {}).items()
+                                                             if isinstance(v, float)})
+                bar.update(1)
+                if settings.checkpoint_every and progress.step % settings.checkpoint_every == 0 \
+                        and progress.group < len(groups) and not finished():
+                    checkpoint()
+            evaluate(epoch)
+            scheduler.step()
+            progress.epoch, progress.group = epoch + 1, 0
+            if finished():
+                progress.stopped = "max_steps"
+            elif settings.patience and progress.bad_epochs >= settings.patience:
+                progress.stopped = "early_stopping"
+            elif progress.epoch >= settings.epochs:
+                progress.stopped = "epochs"
+            checkpoint()
     seconds = progress.seconds + (time.time() - start_of_segment[0])
     return {"steps": progress.step, "best_val_loss": progress.best, "stopped": progress.stopped, "seconds": seconds}
