@@ -127,3 +127,10 @@ def test_custom_prompt_yaml_adds_a_language(tmp_path):
     p = get_prompt("qa", "fr", str(f))
     assert p.render({"context": "C", "question": "Q"}).endswith("Réponse:") and p.target_prefix == " "
     assert get_prompt("qa", "zh").target_prefix == ""
+
+
+def test_csv_fields_keep_their_newlines(tmp_path):
+    f = tmp_path / "s.csv"
+    f.write_text('article,summary\n"First paragraph.\nSecond paragraph.","A summary"\n"One line.","Another"\n')
+    rows = read_file(f, "summarization")
+    assert [r["article"] for r in rows] == ["First paragraph.\nSecond paragraph.", "One line."]

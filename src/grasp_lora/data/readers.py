@@ -7,6 +7,7 @@ that names the file and what is wrong.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -153,15 +154,16 @@ def read_jsonl(path: Path, task: str) -> list[dict]:
 def read_csv(path: Path, task: str) -> list[dict]:
     """The seeds' CSV layout: context,question,answers_text (answers joined by '|'), or article,summary."""
     text = _nonempty_text(path)
-    rows = list(csv.reader(text.splitlines()))
-    header = [h.strip() for h in rows[0]]
+    reader = csv.reader(io.StringIO(text, newline=""))  # a quoted field may hold newlines: keep them
+    rows = [(reader.line_num, row) for row in reader]
+    header = [h.strip() for h in rows[0][1]]
     need = ("context", "question", "answers_text") if task == "qa" else ("article", "summary")
     missing = [c for c in need if c not in header]
     if missing:
         raise UserError(f"{path}: CSV header lacks column(s) {', '.join(missing)}; expected {','.join(need)}")
     col = {name: header.index(name) for name in need}
     out = []
-    for n, row in enumerate(rows[1:], 2):
+    for n, row in rows[1:]:  # n: the line the record ends on
         if not row:
             continue
         if len(row) != len(header):
