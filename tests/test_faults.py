@@ -50,14 +50,15 @@ def test_nan_loss_stops_with_exit_3_and_checkpoint_intact(tmp_path, monkeypatch,
 
 
 def test_nan_candidate_gets_no_commit_and_is_logged(tmp_path, monkeypatch, tiny_model, tiny_adapters, demo_data):
-    real, calls = controller_run.mean_loss, [0]
+    calls = [0]
 
-    def nan_for_candidates(*a, **k):
-        calls[0] += 1
-        loss = real(*a, **k)
-        return float("nan") if calls[0] % 4 in (2, 3, 0) else loss  # every probe is NaN, the base loss is not
+    class NanCandidates(train.LossProbe):  # the controller's micro-dev probe only (val loss stays real)
+        def __call__(self, model):
+            calls[0] += 1
+            loss = super().__call__(model)
+            return float("nan") if calls[0] % 4 in (2, 3, 0) else loss  # every probe is NaN, the base loss is not
 
-    monkeypatch.setattr(controller_run, "mean_loss", nan_for_candidates)
+    monkeypatch.setattr(controller_run, "LossProbe", NanCandidates)
     out = tmp_path / "s"
     # best_trial has no finite trial to read, so ratio.json falls back to the committed ratio and says so
     assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--ratio-rule", "best_trial")) == 0

@@ -20,7 +20,7 @@ from .errors import OptionError
 from .files import write_json
 from .inputs import load_inputs
 from .models import base_model_id, load_model, resolve
-from .train import mean_loss
+from .train import LossProbe
 
 PEFT_PREFIX = "base_model.model."
 
@@ -73,13 +73,14 @@ def lorahub(cfg: LoraHubConfig) -> dict:
     examples, tok, device = inputs.examples["train"], inputs.tok, inputs.device
     model = load_model(cfg.model, str(device), cfg.dtype)
     layers = put_on(model, [adapters[0]], "sum", 0.0)  # one slot that each candidate fills
+    probe = LossProbe(examples, tok.pad_token_id, device, cfg.eval_batch_size)
 
     def objective(w: np.ndarray) -> float:
         with torch.no_grad():
             for path, (B, A) in compose(adapters, w.tolist()).items():
                 layers[path].lora_A[0].copy_(A)
                 layers[path].lora_B[0].copy_(B)
-        loss = mean_loss(model, examples, tok.pad_token_id, device, cfg.eval_batch_size)
+        loss = probe(model)
         return loss + cfg.l1 * float(np.mean(np.abs(w)))
 
     param = ng.p.Array(init=np.zeros(len(adapters))).set_bounds(-cfg.bound, cfg.bound)

@@ -13,15 +13,14 @@ from .config import SearchConfig
 from .controller import Controller, ControllerState
 from .files import append_jsonl, truncate_jsonl, write_json
 from .merged_run import MergedSetup, PruneHooks, setup_merged, trainable
-from .train import mean_loss, train
+from .train import LossProbe, train
 
 
 class SearchHooks(PruneHooks):
     def __init__(self, setup: MergedSetup, cfg: SearchConfig):
         super().__init__(setup, cfg)
-        micro = setup.examples["micro_dev"]
-        loss_fn: Callable[[], float] = lambda: mean_loss(setup.model, micro, setup.tok.pad_token_id, setup.device,
-                                                         cfg.eval_batch_size)
+        probe = LossProbe(setup.examples["micro_dev"], setup.tok.pad_token_id, setup.device, cfg.eval_batch_size)
+        loss_fn: Callable[[], float] = lambda: probe(setup.model)
         self.controller = Controller(cfg, loss_fn, self.scores, self.commit, cfg.scope)
         self.history = setup.out / "history.jsonl"
         self.every = cfg.round_every

@@ -64,25 +64,36 @@ def example_nll(model, batch) -> torch.Tensor:
     return (nll * mask).sum(1) / mask.sum(1)
 
 
-@torch.no_grad()
+class LossProbe:
+    """Each example's mean target-token NLL, teacher forced (SPEC §1.6 step 1), for a fixed set of examples that is
+    evaluated many times (val loss, the controller's micro-dev probes, LoRAHub's objective): the batches are sorted
+    by length (little padding), collated and moved to the device once, and run under inference_mode."""
+
+    def __init__(self, examples: list[dict], pad_id: int, device: torch.device, batch_size: int = 8):
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+        self.n = len(examples)
+        self.batches = [(order[s:s + batch_size], collate([examples[i] for i in order[s:s + batch_size]], pad_id, device))
+                        for s in range(0, len(order), batch_size)]
+
+    def losses(self, model) -> torch.Tensor:
+        """Per-example losses, in the examples' order."""
+        was_training = model.training
+        model.eval()
+        out = torch.empty(self.n, dtype=torch.float64)
+        try:
+            with torch.inference_mode():
+                for idx, batch in self.batches:
+                    out[idx] = example_nll(model, batch).double().cpu()
+        finally:
+            model.train(was_training)
+        return out
+
+    def __call__(self, model) -> float:
+        return float(self.losses(model).mean())
+
+
 def example_losses(model, examples: list[dict], pad_id: int, device: torch.device, batch_size: int = 8) -> torch.Tensor:
-    """Each example's mean target-token NLL, teacher forced, computed in batches (SPEC §1.6 step 1).
-
-    Batches are sorted by length so padding stays small; the result is in the examples' order.
-    """
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
-    out = torch.empty(len(examples), dtype=torch.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        out[idx] = example_nll(model, collate([examples[i] for i in idx], pad_id, device)).double().cpu()
-    model.train(was_training)
-    return out
-
-
-def mean_loss(model, examples, pad_id, device, batch_size=8) -> float:
-    return float(example_losses(model, examples, pad_id, device, batch_size).mean())
+    return LossProbe(examples, pad_id, device, batch_size).losses(model)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -211,10 +222,11 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
             start_of_segment[0] = time.time()
             save_checkpoint(ckpt, params, optimizer, scheduler, progress, hooks)
 
+    val_probe = LossProbe(val_examples, pad_id, device, settings.eval_batch_size)
     start_of_segment = [time.time()]
 
     def evaluate(epoch: int) -> None:
-        val = mean_loss(model, val_examples, pad_id, device, settings.eval_batch_size)
+        val = val_probe(model)
         if not math.isfinite(val):
             raise NumericalError(f"{desc}: val loss is {val} at step {progress.step}; "
                                  f"the last good checkpoint in {out_dir} is intact")
