@@ -401,6 +401,11 @@ def test_no_write_follows_a_symlink_out_of_out(tmp_path, capsys, tiny_model, dem
     cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
         "--max-steps", 2, "--grad-accum", 1)
     assert not any(outside.iterdir())  # nothing was written through a link
+    (out / "adapter").symlink_to(outside, target_is_directory=True)  # a linked folder: refused up front
+    capsys.readouterr()
+    assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
+               "--max-steps", 1) == 2
+    assert "symbolic link to a folder" in capsys.readouterr().err and not any(outside.iterdir())
 
 
 @pytest.mark.parametrize("what", ["checkpoint", "adapter"])

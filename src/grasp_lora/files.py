@@ -220,6 +220,11 @@ def output_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
             if _held(other):
                 raise UserError(f"{folder}: {other.parent} is being written by {_holder(other)}; wait for it or "
                                 "use a folder outside it")
+        for root, dirs, _ in os.walk(folder):  # a linked folder inside OUT would carry our writes out of it
+            for d in dirs:
+                if os.path.islink(os.path.join(root, d)):
+                    raise UserError(f"{os.path.join(root, d)}: a symbolic link to a folder inside the output folder; "
+                                    "remove the link (outputs are never written through links)")
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                                  "since": time.time()}).encode())
