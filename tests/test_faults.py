@@ -17,7 +17,7 @@ import grasp_lora.controller_run as controller_run
 import grasp_lora.train as train
 from conftest import cli, make_adapter, run_cli
 from grasp_lora.errors import UserError
-from grasp_lora.files import LOCK_NAME, TMP_SUFFIX, read_jsonl
+from grasp_lora.files import LOCK_NAME, RUN_NAME, TMP_SUFFIX, read_jsonl
 
 
 def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
@@ -40,13 +40,50 @@ def test_nan_loss_stops_with_exit_3_and_checkpoint_intact(tmp_path, monkeypatch,
              "--max-steps", 6, "--grad-accum", 2, "--checkpoint-every", 1)
     err = capsys.readouterr().err
     assert rc == 3 and "loss is nan at step 3" in err and "Traceback" not in err
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    run = out / RUN_NAME  # the unfinished run; OUT itself shows only finished results
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["progress"]["step"] == 2  # the last good step
-    assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_jsonl(run / "train_log.jsonl")] == [1, 2]
+    assert not (out / "train_log.jsonl").exists()
     monkeypatch.setattr(train, "example_nll", real)
     assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
                "--max-steps", 6, "--grad-accum", 2, "--checkpoint-every", 1, "--resume") == 0
     assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == list(range(1, 7))
+    assert not run.exists()
+
+
+def test_a_failed_rerun_keeps_the_previous_result_whole(tmp_path, monkeypatch, capsys, tiny_model, tiny_adapters,
+                                                       demo_data, caplog):
+    """A finished finetune-merged, then a fresh run into the same folder that stops on a NaN loss: the folder
+    still holds exactly the first result (no new logs beside the old adapter). A later fresh run says that it
+    discards the unfinished one, and its finished result replaces the first whole."""
+    out = tmp_path / "m"
+    args = ["finetune-merged", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
+            "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--grad-accum", 1, "--checkpoint-every", 1,
+            "--prune-ratio", 0.3]
+    assert cli(*args, "--max-steps", 2) == 0
+    first = snapshot(out)
+    assert {"train_log.jsonl", "val_log.jsonl", "checkpoint.pt", "train_summary.json", "config.yaml",
+            "adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= set(first)
+    real, calls = train.example_nll, [0]
+
+    def nan_at_fourth(model, batch):
+        calls[0] += 1
+        return real(model, batch) * (float("nan") if calls[0] == 4 else 1.0)
+
+    monkeypatch.setattr(train, "example_nll", nan_at_fourth)
+    assert cli(*args, "--max-steps", 5, "--seed", 7) == 3
+    assert snapshot(out) == first and (out / RUN_NAME / "checkpoint.pt").is_file()
+    monkeypatch.setattr(train, "example_nll", real)
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        assert cli(*args, "--max-steps", 5, "--seed", 7) == 0
+    assert "unfinished earlier run is discarded" in caplog.text
+    now = snapshot(out)
+    assert now.keys() == first.keys() and now["adapter/adapter_model.safetensors"] != first[
+        "adapter/adapter_model.safetensors"]
+    assert [r["step"] for r in read_jsonl(out / "train_log.jsonl")] == list(range(1, 6))
+    assert not (out / RUN_NAME).exists() and not list(out.glob(f"*{TMP_SUFFIX}"))
 
 
 def test_nan_candidate_gets_no_commit_and_is_logged(tmp_path, monkeypatch, tiny_model, tiny_adapters, demo_data):
@@ -408,6 +445,12 @@ def test_no_write_follows_a_symlink_out_of_out(tmp_path, capsys, tiny_model, dem
     assert "symbolic link to a folder" in capsys.readouterr().err and not any(outside.iterdir())
 
 
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every file of a finished result in OUT (not the unfinished run's folder), by relative path."""
+    return {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*"))
+            if f.is_file() and RUN_NAME not in f.parts and f.name != LOCK_NAME}
+
+
 @pytest.mark.parametrize("what", ["checkpoint", "adapter"])
 def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_good_file(tmp_path, capsys, monkeypatch, what,
                                                                            tiny_model, tiny_adapters, demo_data):
@@ -420,7 +463,7 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_good_file(tmp_pa
             "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--grad-accum", 1, "--checkpoint-every", 1]
     assert cli(*args, "--max-steps", 2) == 0
     name = "checkpoint.pt" if what == "checkpoint" else "adapter/adapter_model.safetensors"
-    before = (out / name).read_bytes()
+    before = snapshot(out)
     if what == "checkpoint":
         def full(*a, **k):
             raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
@@ -434,4 +477,4 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_good_file(tmp_pa
     err = capsys.readouterr().err
     errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("grasp-lora: error:")]
     assert len(errors) == 1 and f"{name}: cannot write it" in errors[0] and "Traceback" not in err, err
-    assert (out / name).read_bytes() == before
+    assert snapshot(out) == before  # the whole previous result, not a mix of old files and new logs

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli
-from grasp_lora.files import read_jsonl
+from grasp_lora.files import RUN_NAME, read_jsonl
 
 WORKER = Path(__file__).with_name("kill_worker.py")
 KILL_POINTS = random.Random(2026).sample(range(3, 22), 3)  # micro-batch calls; 2 per step below
@@ -46,7 +46,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_ada
     for kill_at in points:
         out = tmp_path / f"killed{kill_at}"
         killed(kill_at, *command(kind, tiny_model, tiny_adapters, demo_data, out))
-        assert (out / "checkpoint.pt").is_file()
+        assert (out / RUN_NAME / "checkpoint.pt").is_file() and not (out / "checkpoint.pt").exists()
         assert cli(*command(kind, tiny_model, tiny_adapters, demo_data, out), "--resume") == 0
         for log in ("train_log.jsonl", "val_log.jsonl") + (("history.jsonl",) if kind == "search" else ()):
             assert without_time(read_jsonl(out / log)) == without_time(read_jsonl(ref / log)), (kill_at, log)

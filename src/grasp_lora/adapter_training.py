@@ -7,7 +7,7 @@ import torch
 from .adapter_io import save_adapter
 from .config import TrainAdapterConfig, save_config
 from .errors import OptionError
-from .files import output_dir, write_json
+from .files import output_dir, staged_run, write_json
 from .inputs import load_inputs
 from .models import base_model_id, load_model
 from .train import train
@@ -21,7 +21,8 @@ def lora_config(rank: int, alpha: float, dropout: float, target_modules: list[st
 
 
 def train_adapter(cfg: TrainAdapterConfig) -> dict:
-    """Train one LoRA adapter on DATA's train split, keeping the best-val checkpoint in OUT."""
+    """Train one LoRA adapter on DATA's train split, keeping the best-val checkpoint in OUT (written whole when
+    the run finishes; files.staged_run)."""
     from peft import get_peft_model
 
     inputs = load_inputs(cfg, ("train", "val"))
@@ -31,13 +32,13 @@ def train_adapter(cfg: TrainAdapterConfig) -> dict:
         model = get_peft_model(base, lora_config(cfg.rank, cfg.alpha, cfg.dropout, cfg.target_modules))
     except ValueError as e:
         raise OptionError({"target_modules": " ".join(cfg.target_modules)}, str(e).splitlines()[0]) from None
-    out = output_dir(cfg.out)
-    save_config(cfg, out)
     base_id = base_model_id(cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
     train_ex, val_ex = inputs.examples["train"], inputs.examples["val"]
-    summary = train(model, params, train_ex, val_ex, cfg, out, inputs.tok.pad_token_id, inputs.device,
-                    save_best=lambda: save_adapter(model, out, base_id), desc=f"adapter {cfg.task}/{cfg.lang}")
-    summary.update(task=cfg.task, lang=cfg.lang, train_examples=len(train_ex), val_examples=len(val_ex))
-    write_json(out / "train_summary.json", summary)
+    with staged_run(output_dir(cfg.out), cfg.resume) as work:
+        save_config(cfg, work)
+        summary = train(model, params, train_ex, val_ex, cfg, work, inputs.tok.pad_token_id, inputs.device,
+                        save_best=lambda: save_adapter(model, work, base_id), desc=f"adapter {cfg.task}/{cfg.lang}")
+        summary.update(task=cfg.task, lang=cfg.lang, train_examples=len(train_ex), val_examples=len(val_ex))
+        write_json(work / "train_summary.json", summary)
     return summary

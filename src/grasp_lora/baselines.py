@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ import torch
 from .adapter_io import check_compatible, load_adapter, put_on, write_peft_adapter
 from .config import LoraHubConfig, TiesConfig, save_config
 from .errors import OptionError
-from .files import write_json
+from .files import output_dir, staged_run, write_json
 from .inputs import load_inputs
 from .models import base_model_id, load_model, resolve
 from .train import LossProbe
@@ -49,8 +48,9 @@ def ties_merge(cfg: TiesConfig) -> dict:
             B = module.lora_B["ties"].weight * module.scaling["ties"]  # fold the scale: export with scale 1
             factors[name.removeprefix(PEFT_PREFIX)] = (B, module.lora_A["ties"].weight)
     rank = next(iter(factors.values()))[1].shape[0]
-    write_peft_adapter(cfg.out, factors, rank, adapters[0].dropout, base_model_id(cfg.model))
-    save_config(cfg, cfg.out)
+    with staged_run(output_dir(cfg.out), resume=False) as work:
+        write_peft_adapter(work, factors, rank, adapters[0].dropout, base_model_id(cfg.model))
+        save_config(cfg, work)
     return {"weights": weights, "density": cfg.density, "rank": rank}
 
 
@@ -95,9 +95,10 @@ def lorahub(cfg: LoraHubConfig) -> dict:
     best = optimizer.provide_recommendation().value
     best_value = objective(best)
     scale = next(iter(alphas))
-    write_peft_adapter(cfg.out, compose(adapters, best.tolist()), scale, adapters[0].dropout,
-                       base_model_id(cfg.model))
     result = {"weights": best.tolist(), "objective": best_value, "evaluations": history}
-    write_json(Path(cfg.out) / "lorahub.json", result)
-    save_config(cfg, cfg.out)
+    with staged_run(output_dir(cfg.out), resume=False) as work:
+        write_peft_adapter(work, compose(adapters, best.tolist()), scale, adapters[0].dropout,
+                           base_model_id(cfg.model))
+        write_json(work / "lorahub.json", result)
+        save_config(cfg, work)
     return result

@@ -130,8 +130,8 @@ class TrainOptions(Checked):
     seed: int = opt(42, "seed for weights init, dropout and data order")
     eval_batch_size: int = opt(8, "examples per forward pass when computing val loss")
     max_length: int = opt(2200, "token budget of one training example; longer ones lose context/article tokens, never target tokens")
-    checkpoint_every: int = opt(50, "write OUT/checkpoint.pt every N optimizer steps (and at each epoch end; 0 = epoch ends only)")
-    resume: bool = opt(False, "continue from OUT/checkpoint.pt when it exists (weights, optimizer, masks, controller, RNGs)")
+    checkpoint_every: int = opt(50, "write a checkpoint every N optimizer steps (and at each epoch end; 0 = epoch ends only)")
+    resume: bool = opt(False, "continue the unfinished run in OUT/.grasp-lora-run (or a finished one) from its checkpoint")
 
     def check(self):
         above(self, "lr", 0)

@@ -4,6 +4,7 @@ controller probes candidate ratios on the micro-dev set every K steps; writes hi
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -12,17 +13,17 @@ from . import distributed, prune
 from .config import SearchConfig
 from .controller import Controller, ControllerState
 from .files import append_jsonl, truncate_jsonl, write_json
-from .merged_run import MergedSetup, PruneHooks, setup_merged, trainable
+from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
 from .train import LossProbe, train
 
 
 class SearchHooks(PruneHooks):
-    def __init__(self, setup: MergedSetup, cfg: SearchConfig):
+    def __init__(self, setup: MergedSetup, cfg: SearchConfig, work: Path):
         super().__init__(setup, cfg)
         probe = LossProbe(setup.examples["micro_dev"], setup.tok.pad_token_id, setup.device, cfg.eval_batch_size)
         loss_fn: Callable[[], float] = lambda: probe(setup.model)
         self.controller = Controller(cfg, loss_fn, self.scores, self.commit, cfg.scope)
-        self.history = setup.out / "history.jsonl"
+        self.history = work / "history.jsonl"
         self.every = cfg.round_every
         self.probe_seconds = 0.0
 
@@ -61,15 +62,14 @@ def search(cfg: SearchConfig) -> tuple[dict, torch.nn.Module]:
     """The controller run: learn the prune ratio online; writes history.jsonl and ratio.json.
     Returns ratio.json's content and the trained, masked model."""
     setup = setup_merged(cfg, ("train", "val", "micro_dev"))
-    if distributed.is_main() and not (cfg.resume and (setup.out / "checkpoint.pt").is_file()):
-        setup.out.joinpath("history.jsonl").unlink(missing_ok=True)
-    hooks = SearchHooks(setup, cfg)
-    hooks.prune_to(cfg.p_init)
-    summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"], cfg, setup.out,
-                    setup.tok.pad_token_id, setup.device, save_best=lambda: None, hooks=hooks,
-                    desc=f"search {cfg.task}/{cfg.lang}")
-    result = {**hooks.controller.result(), "steps": summary["steps"], "seconds": summary["seconds"],
-              "probe_seconds": hooks.probe_seconds, "best_val_loss": summary["best_val_loss"]}
-    if distributed.is_main():
-        write_json(setup.out / "ratio.json", result)
+    with run_folder(setup, cfg) as work:
+        hooks = SearchHooks(setup, cfg, work)
+        hooks.prune_to(cfg.p_init)
+        summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"], cfg, work,
+                        setup.tok.pad_token_id, setup.device, save_best=lambda: None, hooks=hooks,
+                        desc=f"search {cfg.task}/{cfg.lang}")
+        result = {**hooks.controller.result(), "steps": summary["steps"], "seconds": summary["seconds"],
+                  "probe_seconds": hooks.probe_seconds, "best_val_loss": summary["best_val_loss"]}
+        if distributed.is_main():
+            write_json(work / "ratio.json", result)
     return result, setup.model

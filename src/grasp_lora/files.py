@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import math
 import os
 import shutil
@@ -19,6 +20,7 @@ import yaml
 
 from .errors import OptionError, UserError
 
+log = logging.getLogger(__name__)
 
 # Every temporary name this tool makes ends so: a lock holder removes only these (a killed writer's), never a
 # user's own `.draft.tmp`.
@@ -149,6 +151,59 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# A training command writes into OUT/RUN_NAME while it runs and moves the finished run into OUT at the end, so OUT
+# holds the complete previous result or the complete new one, never a mix (a failed save, a kill, a NaN stop leave
+# the previous result untouched and the unfinished run here for --resume). Not TMP_SUFFIX: a lock holder must not
+# sweep it away as a killed writer's temp file.
+RUN_NAME = ".grasp-lora-run"
+RESUME_STATE = ("checkpoint.pt", "train_log.jsonl", "val_log.jsonl", "history.jsonl")  # what --resume reads
+
+
+def start_run(out: Path, resume: bool) -> Path:
+    """OUT/RUN_NAME, ready for a run: the unfinished run kept when resuming it, else a fresh folder (resuming a
+    finished run starts from a copy of OUT's own checkpoint and logs)."""
+    work = out / RUN_NAME
+    if resume and (work / "checkpoint.pt").is_file():
+        return work
+    if work.exists():
+        if not resume:
+            log.warning("%s: an unfinished earlier run is discarded (pass --resume to continue it instead)", out)
+        shutil.rmtree(work)
+    try:
+        work.mkdir()
+        if resume and (out / "checkpoint.pt").is_file():
+            for name in RESUME_STATE:
+                if (out / name).is_file():
+                    shutil.copyfile(out / name, work / name)
+    except OSError as e:
+        raise_write_error(work, e)
+    return work
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move a finished run from OUT/RUN_NAME into OUT, replacing the previous run's files of the same names.
+    Renames only: they need no space, so a full disk cannot stop it half-way."""
+    for entry in sorted(work.iterdir()):
+        target = out / entry.name
+        if entry.is_dir() and target.is_dir():  # a folder (adapter/) is swapped whole
+            old = out / f".{entry.name}.old{TMP_SUFFIX}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(entry, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(entry, target)
+    work.rmdir()
+
+
+@contextlib.contextmanager
+def staged_run(out: Path, resume: bool) -> Iterator[Path]:
+    """Yield the folder a run writes into (start_run); publish it into OUT when the block succeeds."""
+    work = start_run(out, resume)
+    yield work
+    publish(work, out)
 
 
 LOCK_NAME = ".grasp-lora.lock"

@@ -9,7 +9,7 @@ from . import distributed, prune
 from .adapter_io import export_peft
 from .config import FinetuneMergedConfig
 from .files import write_json
-from .merged_run import MergedSetup, PruneHooks, setup_merged, trainable
+from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
 from .train import train
 
 
@@ -32,12 +32,13 @@ def finetune_merged(cfg: FinetuneMergedConfig) -> tuple[dict, torch.nn.Module]:
     hooks = RepruneHooks(setup, cfg)
     if cfg.prune_ratio > 0:
         hooks.prune_to(cfg.prune_ratio)
-    adapter_dir = setup.out / "adapter"
-    summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"], cfg, setup.out,
-                    setup.tok.pad_token_id, setup.device,
-                    save_best=lambda: export_peft(setup.layers, adapter_dir, setup.base_id, setup.dropout),
-                    hooks=hooks, desc=f"finetune-merged p={cfg.prune_ratio:.3f}")
-    summary.update(prune_ratio=cfg.prune_ratio, kept_fraction=prune.kept_fraction(prune.current_masks(setup.model)))
-    if distributed.is_main():
-        write_json(setup.out / "train_summary.json", summary)
+    with run_folder(setup, cfg) as work:
+        summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"], cfg, work,
+                        setup.tok.pad_token_id, setup.device,
+                        save_best=lambda: export_peft(setup.layers, work / "adapter", setup.base_id, setup.dropout),
+                        hooks=hooks, desc=f"finetune-merged p={cfg.prune_ratio:.3f}")
+        summary.update(prune_ratio=cfg.prune_ratio,
+                       kept_fraction=prune.kept_fraction(prune.current_masks(setup.model)))
+        if distributed.is_main():
+            write_json(work / "train_summary.json", summary)
     return summary, setup.model

@@ -3,6 +3,7 @@ the data with the merged layers injected, and the pruning hooks of the training 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from . import distributed, prune
 from .adapter_io import check_compatible, load_adapter, put_on
 from .config import save_config
 from .data.batching import batches
-from .files import output_dir
+from .files import RUN_NAME, output_dir, staged_run
 from .inputs import load_inputs
 from .merge import MergedLoraLinear
 from .models import base_model_id, load_model
@@ -43,10 +44,20 @@ def setup_merged(cfg, splits: tuple[str, ...]) -> MergedSetup:
     model = load_model(cfg.model, str(device), cfg.dtype)
     torch.manual_seed(cfg.seed)  # dropout draws from the global RNG
     layers = put_on(model, adapters, cfg.merge_form, cfg.dropout)
-    out = output_dir(cfg.out)
-    if distributed.is_main():
-        save_config(cfg, out)
-    return MergedSetup(model, layers, inputs.tok, device, inputs.examples, base_model_id(cfg.model), dropout, out)
+    return MergedSetup(model, layers, inputs.tok, device, inputs.examples, base_model_id(cfg.model), dropout,
+                       output_dir(cfg.out))
+
+
+@contextlib.contextmanager
+def run_folder(setup: MergedSetup, cfg):
+    """The folder the run writes into (files.staged_run; rank 0 prepares and publishes it, the other ranks
+    read their checkpoint from it)."""
+    main = distributed.is_main()
+    with staged_run(setup.out, cfg.resume) if main else contextlib.nullcontext(setup.out / RUN_NAME) as work:
+        if main:
+            save_config(cfg, work)
+        distributed.broadcast_object(None)  # a barrier: no rank looks for a checkpoint before rank 0 set it up
+        yield work
 
 
 def trainable(setup: MergedSetup) -> list[torch.nn.Parameter]:
