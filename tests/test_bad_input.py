@@ -107,8 +107,9 @@ def test_unknown_target_module(tmp_path, capsys, tiny_model, demo_data):
 
 def test_yaml_unknown_key_and_bad_value(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("lang: ar\nlearning_rate: 1\n")
-    check(cli("train-adapter", "--config", cfg, "--out", tmp_path / "out"), capsys, tmp_path, "c.yaml", "unknown key 'learning_rate'")
+    cfg.write_text("lang: ar\nlearning_rat: 1\n")
+    check(cli("train-adapter", "--config", cfg, "--out", tmp_path / "out"), capsys, tmp_path, "c.yaml", "unknown key 'learning_rat'",
+          "did you mean 'learning_rate'?")
     cfg.write_text("lang: ar\nmax_steps: many\n")
     check(cli("train-adapter", "--config", cfg, "--out", tmp_path / "out"), capsys, tmp_path, "max_steps", "not a valid int")
     cfg.write_text("lang: [ar\n")
@@ -192,7 +193,7 @@ YAML_CASES = {
     "unknown_method": ("methods: [grasp, magic]\n", "--methods magic: choose one of"),
     "huge_integer": ("seed: " + "9" * 5000 + "\n", "a value cannot be read"),
     "list_at_top": ("- lr\n- seed\n", "expected a mapping"),
-    "unknown_key": ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
+    "unknown_key": ("learnin_rate: 0.1\n", "unknown key 'learnin_rate'"),
     "string_for_float": ("lr: fast\n", "lr: 'fast' is not a valid float"),
 }
 

@@ -186,7 +186,8 @@ def test_search_then_finetune_with_real_cli(tmp_path, tiny_model, tiny_adapters,
     p_star = json.loads((tmp_path / "search" / "ratio.json").read_text())["prune_ratio"]
     assert "learned prune ratio" in r.stdout and "mu=" in r.stderr and "sigma=" in r.stderr
     r = run_cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
-                "--data", demo_data["ar"], "--lang", "ar", "--prune-ratio", p_star, "--out", tmp_path / "final",
-                "--max-steps", 2, "--grad-accum", 2)
+                "--data", demo_data["ar"], "--lang", "ar", "--prune-ratio", tmp_path / "search" / "ratio.json",
+                "--out", tmp_path / "final", "--max-steps", 2, "--grad-accum", 2)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "final" / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "final" / "train_summary.json").read_text())["prune_ratio"] == p_star

@@ -205,7 +205,7 @@ def test_bad_adapters(tmp_path, capsys, case, needles, tiny_model, tiny_qwen, ti
               "not_an_adapter": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty"}.get(case, lambda: bad_adapters.get(case))()
     extra = ["--merge-form", "paper"] if case == "other_rank_paper" else []
     rc = cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], second, "--data",
-             demo_data["ar"], "--lang", "ar", "--out", tmp_path / "out", *extra)
+             demo_data["ar"], "--lang", "ar", "--out", tmp_path / "out", "--prune-ratio", 0, *extra)
     check_one_line_error(capsys, rc, *needles)
     assert not (tmp_path / "out").exists()
 
@@ -345,7 +345,7 @@ OVERLAPS = {
                                                   "--out", d / "train.jsonl"],
     "ties_over_an_adapter": lambda d, m, a: ["ties", "--model", m, "--adapters", a[0], a[1], "--out", a[1]],
     "finetune_inside_an_adapter": lambda d, m, a: ["finetune-merged", "--model", m, "--data", d, "--lang", "ar",
-                                                   "--adapters", a[0], a[1], "--out", a[0] / "run"],
+                                                   "--adapters", a[0], a[1], "--out", a[0] / "run", "--prune-ratio", 0],
     "search_containing_the_data": lambda d, m, a: ["search", "--model", m, "--data", d, "--lang", "ar",
                                                    "--adapters", a[0], a[1], "--out", d.parent],
     "report_over_the_experiment": lambda d, m, a: ["report", d, "--out", d],
@@ -460,7 +460,8 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_last_good_file(tmp_pa
 
     out = tmp_path / "a"
     args = ["finetune-merged", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out,
-            "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--grad-accum", 1, "--checkpoint-every", 1]
+            "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--grad-accum", 1, "--checkpoint-every", 1,
+            "--prune-ratio", 0]
     assert cli(*args, "--max-steps", 2) == 0
     name = "checkpoint.pt" if what == "checkpoint" else "adapter/adapter_model.safetensors"
     before = snapshot(out)

@@ -83,7 +83,8 @@ def test_all_lora_tensors_trainable_and_base_frozen(tmp_path, tiny_model, tiny_a
     from grasp_lora.merged_run import setup_merged, trainable
 
     cfg = FinetuneMergedConfig(model=str(tiny_model), data=str(demo_data["ar"]), lang="ar", device="cpu",
-                               adapters=[str(tiny_adapters["en"]), str(tiny_adapters["ar"])], out=str(tmp_path / "o"))
+                               adapters=[str(tiny_adapters["en"]), str(tiny_adapters["ar"])], out=str(tmp_path / "o"),
+                               prune_ratio=0.0)
     setup = setup_merged(cfg, ("train",))
     lora = {id(p) for layer in setup.layers.values() for p in (*layer.lora_A, *layer.lora_B)}
     assert len(setup.layers) == 4 and len(lora) == 16  # q and v in 2 layers, A and B of 2 adapters

@@ -16,7 +16,12 @@ from .train import train
 def lora_config(rank: int, alpha: float, dropout: float, target_modules: list[str]):
     from peft import LoraConfig
 
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+    from peft.tuners.tuners_utils import INCLUDE_LINEAR_LAYERS_SHORTHAND
+
+    # PEFT's "all-linear" is a string, not a module name: every linear layer but the output head
+    targets = INCLUDE_LINEAR_LAYERS_SHORTHAND if list(target_modules) == [INCLUDE_LINEAR_LAYERS_SHORTHAND] \
+        else list(target_modules)
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                       bias="none", task_type="CAUSAL_LM")
 
 

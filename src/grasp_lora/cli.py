@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import logging
 import os
 import sys
@@ -17,9 +18,9 @@ import warnings
 from typing import Any, Callable
 
 from . import __version__
-from .config import (DataPrepareConfig, DemoConfig, EvaluateConfig, ExperimentConfig, FinetuneMergedConfig, GenerateConfig,
-                     LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, build, field_types,
-                     is_required)
+from .config import (ALIASES, DataPrepareConfig, DemoConfig, EvaluateConfig, ExperimentConfig, FinetuneMergedConfig,
+                     GenerateConfig, LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, build,
+                     field_types, is_required)
 from .errors import NumericalError, OptionError, UserError
 from .files import output_lock, read_yaml
 
@@ -29,38 +30,45 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _help(f: dataclasses.Field) -> str:
+    """A field's help with its default, unless the text already says it (or there is none to say)."""
+    text = f.metadata.get("help", "")
+    if is_required(f):
+        return f"{text} (required)"
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if default is None or "default" in text:
+        return text
+    return f"{text} (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     types_ = field_types(cls)
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the options below")
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more")
     for f in dataclasses.fields(cls):
         tp = types_[f.name]
-        if is_required(f):
-            help_ = f"{f.metadata.get('help', '')} (required)"
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            help_ = f"{f.metadata.get('help', '')} (default: {default})"
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_, "dest": f.name}
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": _help(f), "dest": f.name}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
-        option = flag(f.name)
+        options = [flag(f.name)] + [flag(alias) for alias, name in ALIASES.items() if name == f.name]
         if f.metadata.get("positional"):
             kwargs.pop("dest")
             nargs = "*" if typing.get_origin(tp) is list else "?"
             parser.add_argument(f.name, nargs=nargs, metavar=f.name.upper(), **kwargs)
         elif tp is bool:
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(*options, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(tp) is list:
-            parser.add_argument(option, nargs="+", metavar=f.name.upper(), **kwargs)
+            parser.add_argument(*options, nargs="+", metavar=f.name.upper(), **kwargs)
         else:
             metavar = None if kwargs.get("choices") else f.name.upper()
-            parser.add_argument(option, type=str, metavar=metavar, **kwargs)
+            parser.add_argument(*options, type=str, metavar=metavar, **kwargs)
 
 
 def _command(sub, name: str, cls, fn: Callable[[Any], Any], help_: str, locks_out: bool = True):
     """A subcommand whose flags are `cls`'s fields; `locks_out`: it writes the folder --out (locked meanwhile)."""
     p = sub.add_parser(name, help=help_, description=help_)
     _add_config_flags(p, cls)
-    p.set_defaults(_cls=cls, _fn=fn, _name=name, _locks=locks_out)
+    p.set_defaults(_cls=cls, _fn=fn, _name=name, _locks=locks_out, _parser=p)
     return p
 
 
@@ -200,10 +208,23 @@ def command_config(args: argparse.Namespace):
     return build(args._cls, yaml_values, overrides, source=config_file or "options")
 
 
+def _did_you_mean(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """' (did you mean --learning-rate?)' for the first unknown flag that is close to one of the command's."""
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=")[0], list(parser._option_string_actions), n=1, cutoff=0.6)
+        if arg.startswith("-") and close:
+            return f" (did you mean {close[0]}?)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     # PEFT calls a transformers method that warns of its own rename; nothing for our users to act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hint = _did_you_mean(unknown, getattr(args, "_parser", parser))
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         cfg = command_config(args)

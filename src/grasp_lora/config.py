@@ -7,6 +7,8 @@ Precedence: field default < YAML (`--config FILE`) < flag.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
 import types
 import typing
@@ -28,11 +30,13 @@ from .prune import CRITERIA, REPRUNE, RESETS, SCOPES
 REQUIRED = dataclasses.MISSING
 
 
-def opt(default: Any, help: str, *, choices: Iterable | None = None, positional: bool = False, input: bool = False):
+def opt(default: Any, help: str, *, choices: Iterable | None = None, positional: bool = False, input: bool = False,
+        ratio_file: bool = False):
     """A config field with the help text and choices that the CLI shows; `default=REQUIRED`: a required option
-    (it must be given, and not empty); `input`: a path the command reads (`out` must lie apart from it)."""
+    (it must be given, and not empty); `input`: a path the command reads (`out` must lie apart from it);
+    `ratio_file`: a prune ratio that may also be given as the ratio.json `search` writes."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "positional": positional,
-            "input": input}
+            "input": input, "ratio_file": ratio_file}
     if default is REQUIRED:
         return field(metadata=meta)
     if isinstance(default, list):
@@ -147,7 +151,8 @@ class LoraOptions(Checked):
     rank: int = opt(8, "LoRA rank r")
     alpha: float = opt(32.0, "LoRA alpha (scaling = alpha / r)")
     dropout: float = opt(0.05, "LoRA dropout")
-    target_modules: list[str] = opt(["q_proj", "v_proj"], "names of the nn.Linear modules that get a LoRA adapter")
+    target_modules: list[str] = opt(["q_proj", "v_proj"], "names of the nn.Linear modules that get a LoRA adapter, or "
+                                                         "all-linear (every linear layer but the output head, as PEFT)")
 
     def check(self):
         at_least(self, "rank", 1)
@@ -249,7 +254,9 @@ class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, 
 @dataclass(kw_only=True)
 class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
     criterion: str = opt("input_weighted", "importance criterion of the pruning mask", choices=CRITERIA)
-    prune_ratio: float = opt(0.0, "fraction of every adapter tensor to drop (0 = Adaptive LoRA Merge, no pruning)")
+    prune_ratio: float = opt(REQUIRED, "fraction of every adapter tensor to drop: a number (0 = Adaptive LoRA Merge, "
+                                       "no pruning) or the ratio.json (or its folder) written by `search`",
+                             ratio_file=True)
     reprune: str = opt("every_step", "re-score and re-prune after every optimizer step (the authors) or prune once",
                        choices=REPRUNE)
     out: str = opt(REQUIRED, "output folder: adapter/ (one exported PEFT adapter), train/val logs, config.yaml")
@@ -449,21 +456,57 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise UserError(f"{where}: {value!r} is not a valid {name}") from None
 
 
+# PEFT's and transformers' names for our options: accepted in YAML and as flags, as their users write them
+ALIASES = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout", "learning_rate": "lr",
+           "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs",
+           "per_device_train_batch_size": "batch_size"}
+
+
+def canonical(key: str, known: Iterable[str]) -> str:
+    """A YAML key or flag name as the field it means: dashes as underscores, a PEFT/HF alias as our name."""
+    name = str(key).replace("-", "_")
+    return ALIASES.get(name, name) if name not in known else name
+
+
+def ratio_from_file(value: Any, where: str) -> Any:
+    """A prune ratio given as ratio.json (or the folder holding it) -> its `prune_ratio`; a number stays."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    path = Path(value) / "ratio.json" if Path(value).is_dir() else Path(value)
+    if not path.is_file():
+        raise UserError(f"{where}: {value!r} is neither a number nor a ratio.json file; give a ratio in [0, 1) or "
+                        "the ratio.json that `grasp-lora search` wrote")
+    try:
+        return float(json.loads(path.read_text(encoding="utf-8"))["prune_ratio"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: no number under prune_ratio; give the ratio.json that `grasp-lora search` "
+                        "wrote") from None
+
+
 def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, source: str = "config"):
     """Make a `cls` from YAML values and flag overrides, checking names, types, choices and rules."""
     types_ = field_types(cls)
     hints = typing.get_type_hints(cls)
+    ratio_fields = {f.name for f in dataclasses.fields(cls) if f.metadata.get("ratio_file")}
     values: dict[str, Any] = {}
     for key, value in (yaml_values or {}).items():
-        name = str(key).replace("-", "_")
+        name = canonical(key, types_)
         if name not in types_:
-            known = ", ".join(sorted(types_))
-            raise UserError(f"{source}: unknown key '{key}'; known keys: {known}")
+            close = difflib.get_close_matches(name, list(types_) + list(ALIASES), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"{source}: unknown key '{key}'; {hint}known keys: {', '.join(sorted(types_))}")
         if value is None and hints[name] == types_[name]:  # null for an option that is not Optional
             raise UserError(f"{source}: {key} is null; give a value or leave the key out")
+        if name in ratio_fields:
+            value = ratio_from_file(value, f"{source}: {key}")
         values[name] = coerce(value, types_[name], f"{source}: {key}")
     for name, value in (overrides or {}).items():
-        values[name] = coerce(value, types_[name], f"--{name.replace('_', '-')}")
+        where = f"--{name.replace('_', '-')}"
+        values[name] = coerce(ratio_from_file(value, where) if name in ratio_fields else value, types_[name], where)
     for f in dataclasses.fields(cls):
         if is_required(f) and f.name not in values:
             raise OptionError(f.name, f"is required: {f.metadata['help']}")

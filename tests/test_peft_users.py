@@ -1,0 +1,93 @@
+"""What PEFT and Hugging Face users expect: their option names, a did-you-mean, honest help, the learned ratio by
+file, global flags anywhere."""
+
+import json
+
+import pytest
+import yaml
+
+from conftest import cli
+from grasp_lora.cli import make_parser
+from grasp_lora.files import read_jsonl
+
+
+def test_peft_and_hf_names_in_yaml_and_as_flags(tmp_path, tiny_model, demo_data):
+    cfg = tmp_path / "hf.yaml"
+    cfg.write_text(yaml.safe_dump({"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear",
+                                   "learning_rate": 1e-3, "gradient_accumulation_steps": 2, "num_train_epochs": 1,
+                                   "per_device_train_batch_size": 2}))
+    out = tmp_path / "yaml"
+    assert cli("train-adapter", "--config", cfg, "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar",
+               "--out", out, "--max-steps", 1) == 0
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert (written["rank"], written["alpha"], written["dropout"], written["lr"], written["grad_accum"],
+            written["epochs"], written["batch_size"]) == (4, 8.0, 0.0, 1e-3, 2, 1, 2)
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    # all-linear: every projection of the tiny Llama, not the output head
+    assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and {m.rsplit(".", 1)[-1] for m in adapter[
+        "target_modules"]} == {"down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"}
+    flags = tmp_path / "flags"
+    assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", flags,
+               "--r", 4, "--lora-alpha", 8, "--lora-dropout", 0, "--target-modules", "all-linear", "--learning-rate",
+               1e-3, "--gradient-accumulation-steps", 2, "--num-train-epochs", 1, "--per-device-train-batch-size", 2,
+               "--max-steps", 1, "-v") == 0  # -v after the subcommand too
+    assert yaml.safe_load((flags / "config.yaml").read_text()) == {**written, "out": str(flags)}
+    assert (flags / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("where, typo, suggestion", [
+    ("yaml", "lerning_rate", "did you mean 'learning_rate'?"),
+    ("yaml", "grad_acum", "did you mean 'grad_accum'?"),
+    ("flag", "--lerning-rate", "did you mean --learning-rate?"),
+    ("flag", "--max-stpes", "did you mean --max-steps?"),
+])
+def test_unknown_names_get_a_did_you_mean(tmp_path, capsys, where, typo, suggestion):
+    args = ["train-adapter", "--data", "d", "--lang", "ar", "--out", tmp_path / "o"]
+    if where == "yaml":
+        (tmp_path / "c.yaml").write_text(f"{typo}: 1\n")
+        args += ["--config", tmp_path / "c.yaml"]
+    else:
+        args += [typo, "1"]
+    rc = exit_code(*args)
+    err = capsys.readouterr().err
+    assert rc == 2 and suggestion in err and len(err.strip().splitlines()) == 1, err
+
+
+def exit_code(*args) -> int:
+    """The CLI's exit code, argparse's own errors (SystemExit) included."""
+    try:
+        return cli(*args)
+    except SystemExit as e:
+        return e.code
+
+
+def test_help_says_required_and_each_default_once():
+    sub = {a.dest: a for a in make_parser()._subparsers._group_actions[0].choices["finetune-merged"]._actions}
+    assert sub["prune_ratio"].help.endswith("(required)") and sub["data"].help.endswith("(required)")
+    assert sub["dropout"].help.count("default") == 1  # said by the text itself, not repeated as "(default: None)"
+    assert all("(default: None)" not in (a.help or "") for a in sub.values())
+    assert "(default: q_proj v_proj)" in {a.dest: a for a in make_parser()._subparsers._group_actions[0].choices[
+        "train-adapter"]._actions}["target_modules"].help
+
+
+def test_prune_ratio_is_required_and_read_from_ratio_json(tmp_path, capsys, tiny_model, tiny_adapters, demo_data):
+    base = ["finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
+            "--data", demo_data["ar"], "--lang", "ar", "--max-steps", 1, "--grad-accum", 1]
+    assert cli(*base, "--out", tmp_path / "none") == 2
+    assert "--prune-ratio is required" in capsys.readouterr().err
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "ratio.json").write_text(json.dumps({"prune_ratio": 0.37, "rule": "policy_mean"}))
+    for given in (search / "ratio.json", search):  # the file or its folder
+        out = tmp_path / f"from_{given.name}"
+        assert cli(*base, "--prune-ratio", given, "--out", out) == 0
+        assert json.loads((out / "train_summary.json").read_text())["prune_ratio"] == 0.37
+        assert yaml.safe_load((out / "config.yaml").read_text())["prune_ratio"] == 0.37
+    (search / "ratio.json").write_text("{}")
+    capsys.readouterr()
+    assert cli(*base, "--prune-ratio", search, "--out", tmp_path / "bad") == 2
+    err = capsys.readouterr().err
+    assert "ratio.json: no number under prune_ratio" in err and len(err.strip().splitlines()) == 1
+    assert cli(*base, "--prune-ratio", tmp_path / "missing.json", "--out", tmp_path / "bad") == 2
+    assert "is neither a number nor a ratio.json file" in capsys.readouterr().err
+    assert len(read_jsonl(tmp_path / "from_ratio.json" / "train_log.jsonl")) == 1
