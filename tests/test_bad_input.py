@@ -1,5 +1,7 @@
 """Every bad input: one line naming the file or option and the fix, exit code 2, no traceback, no output folder."""
 
+import shutil
+
 import pytest
 
 from conftest import cli, run_cli
@@ -95,7 +97,9 @@ def test_data_folder_not_prepared(tmp_path, capsys, tiny_model):
 
 
 def test_no_prompt_for_language(tmp_path, capsys, tiny_model, demo_data):
-    rc = cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "fr", "--out", tmp_path / "out")
+    data = tmp_path / "data"  # prepared by other means: no splits.json saying the language
+    shutil.copytree(demo_data["ar"], data, ignore=shutil.ignore_patterns("splits.json"))
+    rc = cli("train-adapter", "--model", tiny_model, "--data", data, "--lang", "fr", "--out", tmp_path / "out")
     check(rc, capsys, tmp_path, "--lang fr", "--prompts")
 
 
@@ -220,7 +224,6 @@ ADAPTER_CONFIGS = {
 @pytest.mark.parametrize("case", sorted(ADAPTER_CONFIGS))
 def test_bad_adapter_config(tmp_path, capsys, tiny_model, tiny_adapters, demo_data, case):
     import json
-    import shutil
 
     change, needle = ADAPTER_CONFIGS[case]
     bad = tmp_path / "bad"

@@ -249,10 +249,11 @@ def test_predictions_that_do_not_match_the_data(tmp_path, capsys, demo_data):
     rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--data", demo_data["ar"],
              "--out", tmp_path / "m.json", "--bertscore-model", "none")
     check_one_line_error(capsys, rc, "p.jsonl", "line 3", "do not match")
-    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:3]))
+    rows[2]["references"] = test[2]["answers"]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows + rows[:1]))
     rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--data", demo_data["ar"],
              "--out", tmp_path / "m.json", "--bertscore-model", "none")
-    check_one_line_error(capsys, rc, "3 predictions", f"{len(test)} records")
+    check_one_line_error(capsys, rc, f"{len(test) + 1} predictions", f"{len(test)} records")
     (tmp_path / "p.jsonl").write_text('{"prediction": 3}\n')
     rc = cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--out", tmp_path / "m.json")
     check_one_line_error(capsys, rc, "line 1", "'prediction'")

@@ -8,7 +8,7 @@ import yaml
 
 from conftest import cli
 from grasp_lora.cli import make_parser
-from grasp_lora.files import read_jsonl
+from grasp_lora.files import read_jsonl, write_jsonl
 
 
 def test_peft_and_hf_names_in_yaml_and_as_flags(tmp_path, tiny_model, demo_data):
@@ -91,3 +91,43 @@ def test_prune_ratio_is_required_and_read_from_ratio_json(tmp_path, capsys, tiny
     assert cli(*base, "--prune-ratio", tmp_path / "missing.json", "--out", tmp_path / "bad") == 2
     assert "is neither a number nor a ratio.json file" in capsys.readouterr().err
     assert len(read_jsonl(tmp_path / "from_ratio.json" / "train_log.jsonl")) == 1
+
+
+def test_surprises_get_a_clear_message(tmp_path, capsys, tiny_model, tiny_adapters, demo_data):
+    data = demo_data["ar"]
+    cases = [  # (argv, what the one error line says)
+        (["train-adapter", "--model", tiny_model, "--data", data, "--lang", "en", "--out", tmp_path / "a"],
+         "splits.json says the data is 'ar'; pass --lang ar"),
+        (["search", "--model", tiny_model, "--data", data, "--lang", "ar", "--adapters", tiny_adapters["ar"],
+          "--out", tmp_path / "s"], "--adapters needs two or more PEFT adapter folders"),
+    ]
+    for argv, needle in cases:
+        assert cli(*argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+        assert not argv[-1].exists()
+
+
+def test_evaluate_knows_what_the_predictions_were_made_for(tmp_path, capsys, tiny_model, demo_data):
+    preds = tmp_path / "p.jsonl"
+    assert cli("generate", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", preds,
+               "--limit", 3, "--max-new-tokens", 4) == 0
+    rows = read_jsonl(preds)
+    assert len(rows) == 3 and {(r["task"], r["lang"]) for r in rows} == {("qa", "ar")}
+    # generate --limit N, then evaluate against the data: the first N records, said in metrics.json
+    assert cli("evaluate", "--predictions", preds, "--lang", "ar", "--data", demo_data["ar"], "--out",
+               tmp_path / "m.json", "--bertscore-model", "none") == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n"] == 3 and metrics["subset"] == "the first 3 of the 8 records of test.jsonl"
+    capsys.readouterr()
+    for flags, needle in ((["--task", "summarization", "--lang", "ar"], "generated for task 'qa' (line 1); pass --task qa"),
+                          (["--lang", "zh"], "generated for lang 'ar' (line 1); pass --lang ar")):
+        assert cli("evaluate", "--predictions", preds, *flags, "--out", tmp_path / "x.json",
+                   "--bertscore-model", "none") == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    # an older predictions file (no task field) is known by its record fields
+    write_jsonl(preds, [{k: v for k, v in r.items() if k not in ("task", "lang")} for r in rows])
+    assert cli("evaluate", "--predictions", preds, "--task", "summarization", "--lang", "ar", "--out",
+               tmp_path / "x.json", "--bertscore-model", "none") == 2
+    assert "generated for task 'qa'" in capsys.readouterr().err

@@ -250,6 +250,11 @@ class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, 
                              "give 50 steps and 5 rounds at K = 10)")
     out: str = opt(REQUIRED, "output folder: history.jsonl, ratio.json, train/val logs, config.yaml")
 
+    def check(self):
+        if len(self.adapters) < 2:
+            raise OptionError("adapters", "needs two or more PEFT adapter folders to merge, source first (a prune "
+                                          "ratio is learned for merged adapters)")
+
 
 @dataclass(kw_only=True)
 class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):

@@ -7,14 +7,17 @@ from pathlib import Path
 
 from .config import EvaluateConfig, save_config
 from .data.readers import jsonl_rows
+from .data.records import FIELDS
 from .errors import OptionError, UserError
 from .files import write_json
 
 
-def read_predictions(path: str) -> tuple[list[str], list[list[str]]]:
-    p = Path(path)
+def read_predictions(cfg: EvaluateConfig) -> tuple[list[str], list[list[str]]]:
+    """The predictions and references of cfg.predictions; rows made for another task or language are refused
+    (generate writes `task` and `lang`; older files are known by their record fields)."""
+    p = Path(cfg.predictions)
     if not p.is_file():
-        raise OptionError({"predictions": path}, "no such file; write it with `grasp-lora generate`")
+        raise OptionError({"predictions": cfg.predictions}, "no such file; write it with `grasp-lora generate`")
     preds, refs = [], []
     for n, row in jsonl_rows(p):
         pred, ref = row.get("prediction"), row.get("references")
@@ -22,24 +25,34 @@ def read_predictions(path: str) -> tuple[list[str], list[list[str]]]:
             raise UserError(f"{p}: line {n} has no string 'prediction' field")
         if not isinstance(ref, list) or not ref or not all(isinstance(r, str) for r in ref):
             raise UserError(f"{p}: line {n} needs 'references', a non-empty list of strings")
+        task = row.get("task") or next((t for t, names in FIELDS.items() if all(k in row for k in names)), None)
+        for name, made_for in (("task", task), ("lang", row.get("lang"))):
+            if made_for and made_for != getattr(cfg, name):
+                raise OptionError({name: getattr(cfg, name)}, f"{p} was generated for {name} '{made_for}' (line {n});"
+                                                              f" pass <{name}> {made_for}")
         preds.append(pred)
         refs.append(ref)
     return preds, refs
 
 
-def check_against_data(cfg: EvaluateConfig, references: list[list[str]]) -> None:
-    """Refuse predictions made for other data: same count, same references, line by line."""
+def check_against_data(cfg: EvaluateConfig, references: list[list[str]]) -> str | None:
+    """Refuse predictions made for other data: the same references, line by line, for the whole split or its first
+    N records (`generate --limit N`); returns a note on such a subset."""
     from .data.records import references as record_references
-    from .data.splits import load_split
+    from .data.splits import check_language, load_split
 
+    check_language(cfg.data, cfg.lang)
     records = load_split(cfg.data, cfg.split, cfg.task)
-    if len(records) != len(references):
+    if len(references) > len(records):
         raise UserError(f"{cfg.predictions}: {len(references)} predictions but {cfg.data}/{cfg.split}.jsonl has "
                         f"{len(records)} records; generate again for this split")
     for n, (rec, refs) in enumerate(zip(records, references), 1):
         if record_references(cfg.task, rec) != refs:
             raise UserError(f"{cfg.predictions}: line {n}: references do not match record {rec['id']} of "
                             f"{cfg.split}.jsonl; were these predictions made for this data?")
+    if len(references) < len(records):
+        return f"the first {len(references)} of the {len(records)} records of {cfg.split}.jsonl"
+    return None
 
 
 def score(predictions: list[str], references: list[list[str]], task: str, lang: str, cfg: EvaluateConfig) -> dict:
@@ -65,10 +78,11 @@ def score(predictions: list[str], references: list[list[str]], task: str, lang: 
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
-    predictions, references = read_predictions(cfg.predictions)
-    if cfg.data:
-        check_against_data(cfg, references)
+    predictions, references = read_predictions(cfg)
+    subset = check_against_data(cfg, references) if cfg.data else None
     metrics = score(predictions, references, cfg.task, cfg.lang, cfg)
+    if subset:
+        metrics["subset"] = subset
     metrics["predictions"] = str(cfg.predictions)
     write_json(cfg.out, metrics)
     save_config(cfg, Path(cfg.out).parent, f"{Path(cfg.out).stem}.config.yaml")

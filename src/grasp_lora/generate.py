@@ -71,7 +71,7 @@ def load_for_generation(model: str, adapter: str | None, device: str, dtype: str
 
 
 def generate(cfg: GenerateConfig) -> list[dict]:
-    """Write one line per record: the record, `index`, `prediction`, `references`."""
+    """Write one line per record: the record, `task`, `lang`, `index`, `prediction`, `references`."""
     inputs = load_inputs(cfg, (cfg.split,), limit=cfg.limit, encode=False)
     prompt, records, tok = inputs.prompt, inputs.records[cfg.split], inputs.tok
     tok.padding_side = "left"
@@ -79,7 +79,7 @@ def generate(cfg: GenerateConfig) -> list[dict]:
     max_new = cfg.max_new_tokens or max_new_tokens_for(cfg.task, cfg.lang)
     preds = generate_texts(model, tok, prompt, records, max_new, cfg.batch_size, cfg.prompt_budget,
                            desc=f"generate {cfg.task}/{cfg.lang}")
-    rows = [{**r, "index": i, "prediction": p, "references": references(cfg.task, r)}
+    rows = [{**r, "task": cfg.task, "lang": cfg.lang, "index": i, "prediction": p, "references": references(cfg.task, r)}
             for i, (r, p) in enumerate(zip(records, preds))]
     out = Path(cfg.out)
     write_jsonl(out, rows)

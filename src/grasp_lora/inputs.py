@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .data.prompts import Prompt, get_prompt
-from .data.splits import load_split
+from .data.splits import check_language, load_split
 from .data.tokenize import encode_split
 from .models import load_tokenizer, pick_device, resolve
 
@@ -26,6 +26,7 @@ class TaskInputs:
 def load_inputs(cfg, splits: tuple[str, ...], *, limit: int = 0, encode: bool = True) -> TaskInputs:
     """`cfg`: a config with DataOptions and ModelOptions (and `max_length` when encoding); `limit`: the first N
     records of each split (0 = all)."""
+    check_language(cfg.data, cfg.lang)
     prompt = get_prompt(cfg.task, cfg.lang, cfg.prompts)
     records = {s: load_split(cfg.data, s, cfg.task)[:limit or None] for s in splits}
     resolve(cfg.model)

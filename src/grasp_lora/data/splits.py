@@ -6,6 +6,7 @@ and cut consecutive disjoint blocks in the order train, val, micro_dev, test.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,16 @@ def load_split(data_dir: str, split: str, task: str) -> list[dict]:
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty split; prepare the data with a size > 0 for {split}")
     return read_jsonl(path, task)
+
+
+def check_language(data_dir: str, lang: str) -> None:
+    """The language `data prepare` recorded in splits.json must be the one the command is told (prompts, BLEU and
+    ROUGE tokenizers and EM normalisation depend on it). Data prepared by other means has no splits.json."""
+    info = Path(data_dir) / "splits.json"
+    try:
+        said = json.loads(info.read_text(encoding="utf-8")).get("lang")
+    except (OSError, ValueError, AttributeError):
+        return
+    if said and said != lang:
+        raise OptionError({"lang": lang}, f"{info} says the data is '{said}'; pass <lang> {said} or prepare data "
+                                          f"in '{lang}'")
