@@ -35,6 +35,7 @@ def test_ties_exports_a_loadable_adapter(tmp_path, tiny_model, tiny_adapters):
     assert not torch.allclose(logits, peft_logits(tiny_model, tiny_adapters["en"]))
 
 
+@pytest.mark.filterwarnings("error:COBYLA")  # NGOpt's inner COBYLA warning is silenced, not shown to users
 def test_lorahub_weights_in_bounds_and_export_is_the_composition(tmp_path, tiny_model, tiny_adapters, demo_data):
     out = tmp_path / "hub"
     assert cli("lorahub", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
@@ -50,6 +51,21 @@ def test_lorahub_weights_in_bounds_and_export_is_the_composition(tmp_path, tiny_
         assert torch.allclose(exported.weights[path]["A"], A, atol=1e-6)
         assert torch.allclose(exported.weights[path]["B"], B, atol=1e-6)
     assert exported.scale == adapters[0].scale
+
+
+def test_lorahub_says_when_every_weight_is_zero(tmp_path, tiny_model, tiny_adapters, demo_data, caplog):
+    """An l1 term far above any loss gain keeps the start (w = 0): the exported adapter is a no-op, said once."""
+    out = tmp_path / "hub"
+    with caplog.at_level("WARNING"):
+        assert cli("lorahub", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
+                   "--data", demo_data["ar"], "--lang", "ar", "--budget", 6, "--l1", 1e6, "--out", out) == 0
+    weights = json.loads((out / "lorahub.json").read_text())["weights"]
+    assert weights == [0.0, 0.0] and "every weight is 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert cli("lorahub", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
+                   "--data", demo_data["ar"], "--lang", "ar", "--budget", 6, "--out", tmp_path / "hub2") == 0
+    assert "every weight is 0" not in caplog.text
 
 
 def test_lorahub_refuses_unequal_ranks(tmp_path, tiny_model, tiny_adapters, demo_data, capsys):

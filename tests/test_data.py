@@ -134,3 +134,25 @@ def test_csv_fields_keep_their_newlines(tmp_path):
     f.write_text('article,summary\n"First paragraph.\nSecond paragraph.","A summary"\n"One line.","Another"\n')
     rows = read_file(f, "summarization")
     assert [r["article"] for r in rows] == ["First paragraph.\nSecond paragraph.", "One line."]
+
+
+def test_long_texts_are_cut_without_the_tokenizers_length_warning(tiny_model, caplog):
+    """We cut long contexts ourselves: the tokenizer's 'sequence length is longer than the specified maximum'
+    warning would be noise on every command."""
+    import logging
+
+    from grasp_lora.data.prompts import get_prompt
+    from grasp_lora.data.tokenize import encode_example
+    from grasp_lora.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    tok.model_max_length = 32
+    record = {"id": "r", "context": "word " * 400, "question": "q?", "answers": ["a"]}
+    hf_logger = logging.getLogger("transformers")  # it does not propagate to the root logger caplog watches
+    hf_logger.addHandler(caplog.handler)
+    try:
+        ex = encode_example(tok, get_prompt("qa", "en"), record, 64)
+    finally:
+        hf_logger.removeHandler(caplog.handler)
+    assert len(ex["input_ids"]) <= 64
+    assert "longer than the specified maximum" not in caplog.text

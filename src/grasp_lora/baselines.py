@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from .models import base_model_id, load_model, resolve
 from .train import LossProbe
 
 PEFT_PREFIX = "base_model.model."
+log = logging.getLogger(__name__)
 
 
 def _check_adapters(paths: list[str], model: str, form: str = "sum"):
@@ -87,12 +91,17 @@ def lorahub(cfg: LoraHubConfig) -> dict:
     param.random_state = np.random.RandomState(cfg.seed)
     optimizer = ng.optimizers.NGOpt(parametrization=param, budget=cfg.budget)
     history = []
-    for _ in range(cfg.budget):
-        cand = optimizer.ask()
-        value = objective(cand.value)
-        optimizer.tell(cand, value)
-        history.append({"weights": cand.value.tolist(), "objective": value})
-    best = optimizer.provide_recommendation().value
+    with warnings.catch_warnings():  # NGOpt's inner COBYLA complains of its own step settings: nothing to act on
+        warnings.filterwarnings("ignore", message="COBYLA", category=UserWarning)
+        for _ in range(cfg.budget):
+            cand = optimizer.ask()
+            value = objective(cand.value)
+            optimizer.tell(cand, value)
+            history.append({"weights": cand.value.tolist(), "objective": value})
+        best = optimizer.provide_recommendation().value
+    if not np.any(best):
+        log.warning("lorahub: every weight is 0, so the exported adapter changes nothing (the l1 term outweighed "
+                    "every loss gain); lower --l1 or raise --budget")
     best_value = objective(best)
     scale = next(iter(alphas))
     result = {"weights": best.tolist(), "objective": best_value, "evaluations": history}

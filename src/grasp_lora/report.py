@@ -287,9 +287,13 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
         cols = METRIC_COLUMNS[task]
         width = 0.8 / len(block)
         for i, r in enumerate(block):
-            vals = [r[c] if r[c] is not None else 0.0 for c in cols]
+            xs = np.arange(len(cols)) + i * width
+            vals = [r[c] if r[c] is not None else np.nan for c in cols]  # unavailable: no bar, not a 0
             errs = [r[f"{c}_std"] or 0.0 for c in cols]
-            ax.bar(np.arange(len(cols)) + i * width, vals, width, yerr=errs, label=r["label"], capsize=2)
+            ax.bar(xs, vals, width, yerr=errs, label=r["label"], capsize=2)
+            for x, v in zip(xs, vals):
+                if np.isnan(v):
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=6, rotation=90, color="0.4")
         ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, [METRIC_LABELS[c] for c in cols])
         ax.set_ylabel("score (0–100)")
         ax.set_title(f"{task}, {lang}", fontsize=10)

@@ -11,16 +11,22 @@ def _prefix(tok) -> list[int]:
     return [tok.bos_token_id] if tok.bos_token_id is not None else []
 
 
+def _ids(tok, text: str) -> list[int]:
+    """Token ids without special tokens. verbose=False: we cut long texts ourselves (fit_prompt), so the tokenizer's
+    "sequence length is longer than the specified maximum" warning would only be noise."""
+    return tok(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
 def fit_prompt(tok, prompt: Prompt, record: dict, budget: int) -> list[int]:
     """Prompt ids (BOS first) of at most `budget` tokens, cutting only the long field's tail."""
 
     def encode(long_text: str | None = None) -> list[int]:
-        return _prefix(tok) + tok(prompt.render(record, long_text), add_special_tokens=False)["input_ids"]
+        return _prefix(tok) + _ids(tok, prompt.render(record, long_text))
 
     ids = encode()
     if len(ids) <= budget:
         return ids
-    field_ids = tok(record[prompt.long_field], add_special_tokens=False)["input_ids"]
+    field_ids = _ids(tok, record[prompt.long_field])
     keep = len(field_ids) - (len(ids) - budget)
     while keep > 0:
         # Decoding a cut can merge differently on re-encoding, so re-measure until it fits.
@@ -37,7 +43,7 @@ def fit_prompt(tok, prompt: Prompt, record: dict, budget: int) -> list[int]:
 
 def encode_example(tok, prompt: Prompt, record: dict, max_length: int) -> dict:
     """input_ids and labels (-100 on prompt tokens) for teacher-forced training or loss."""
-    target = tok(prompt.target_prefix + target_text(prompt.task, record), add_special_tokens=False)["input_ids"]
+    target = _ids(tok, prompt.target_prefix + target_text(prompt.task, record))
     target = target + [tok.eos_token_id]
     budget = max_length - len(target)
     if budget <= len(_prefix(tok)):
