@@ -131,3 +131,37 @@ def test_evaluate_knows_what_the_predictions_were_made_for(tmp_path, capsys, tin
     assert cli("evaluate", "--predictions", preds, "--task", "summarization", "--lang", "ar", "--out",
                tmp_path / "x.json", "--bertscore-model", "none") == 2
     assert "generated for task 'qa'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("template", [True, False])
+def test_generate_one_prompt(tmp_path, capsys, tiny_model, tiny_adapters, template):
+    """`generate --prompt` prints the greedy completion, in the tokenizer's chat template unless told not to;
+    checked against transformers' own generate on the same ids, with the adapter put on by PEFT."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = tmp_path / "chat-model"
+    shutil.copytree(tiny_model, model)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = "{% for m in messages %}[U] {{ m['content'] }}{% endfor %}[A]"
+    tok.save_pretrained(model)
+    flags = [] if template else ["--no-chat-template"]
+    assert cli("generate", "--model", model, "--adapter", tiny_adapters["ar"], "--prompt", "hello there",
+               "--max-new-tokens", 6, *flags) == 0
+    printed = capsys.readouterr().out.strip()
+    ids = tok("[U] hello there[A]", add_special_tokens=False)["input_ids"] if template else tok("hello there")[
+        "input_ids"]
+    lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), tiny_adapters["ar"]).eval()
+    out = lm.generate(input_ids=torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert printed == tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+    assert printed  # a random tiny model still writes some tokens
+
+
+def test_generate_needs_data_or_a_prompt(tmp_path, capsys, tiny_model, demo_data):
+    assert cli("generate", "--model", tiny_model, "--lang", "ar", "--out", tmp_path / "p.jsonl") == 2
+    assert "--data is required (or give --prompt for one completion)" in capsys.readouterr().err
+    assert cli("generate", "--model", tiny_model, "--prompt", "x", "--data", demo_data["ar"]) == 2
+    assert "give --prompt or --data, not both" in capsys.readouterr().err

@@ -117,8 +117,11 @@ def _lorahub(cfg: LoraHubConfig):
 
 
 def _generate(cfg: GenerateConfig):
-    from .generate import generate
+    from .generate import complete, generate
 
+    if cfg.prompt is not None:
+        print(complete(cfg))
+        return
     rows = generate(cfg)
     print(f"wrote {len(rows)} predictions to {cfg.out}")
 

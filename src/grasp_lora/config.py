@@ -273,15 +273,27 @@ class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, DataOptions
 
 @dataclass(kw_only=True)
 class GenerateConfig(DataOptions, ModelOptions):
+    data: Optional[str] = opt(None, "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare` "
+                                    "(required unless --prompt)", input=True)
+    lang: Optional[str] = opt(None, "language code of the data (required with --data)")
+    prompt: Optional[str] = opt(None, "one prompt: print its completion instead of generating for --data")
+    chat_template: bool = opt(True, "with --prompt: wrap it in the tokenizer's chat template when it has one")
     adapter: Optional[str] = opt(None, "a PEFT adapter folder to put on the base model (none: zero-shot)", input=True)
     split: str = opt("test", "which split of --data to generate for", choices=SPLITS)
-    out: str = opt(REQUIRED, "predictions file (JSONL): each record with index, prediction, references")
+    out: Optional[str] = opt(None, "predictions file (JSONL): each record with index, prediction, references "
+                                   "(required with --data)")
     batch_size: int = opt(8, "prompts per generate call (left padded)")
     max_new_tokens: int = opt(0, "new tokens per prediction (0 = the paper's: 64 qa, 96 en/zh and 128 ar summarization)")
     prompt_budget: int = opt(2200, "tokens of prompt plus new tokens; longer prompts lose context/article tokens")
     limit: int = opt(0, "only the first N records of the split (0 = all)")
 
     def check(self):
+        if self.prompt is None:
+            for name in ("data", "lang", "out"):
+                if not getattr(self, name):
+                    raise OptionError(name, "is required (or give <prompt> for one completion)")
+        elif self.data:
+            raise OptionError({"prompt": self.prompt}, "give <prompt> or <data>, not both")
         at_least(self, "batch_size", 1)
         at_least(self, "prompt_budget", 1)
         for name in ("max_new_tokens", "limit"):

@@ -13,7 +13,7 @@ from .data.records import references
 from .data.tokenize import fit_prompt
 from .files import write_jsonl
 from .inputs import load_inputs
-from .models import load_model
+from .models import load_model, load_tokenizer, resolve
 
 # (task, lang) -> max new tokens (paper); any other language takes the task's default.
 MAX_NEW_TOKENS = {("summarization", "ar"): 128, ("summarization", "en"): 96, ("summarization", "zh"): 96}
@@ -85,3 +85,23 @@ def generate(cfg: GenerateConfig) -> list[dict]:
     write_jsonl(out, rows)
     save_config(cfg, out.parent, f"{out.stem}.config.yaml")
     return rows
+
+
+def complete(cfg: GenerateConfig) -> str:
+    """The greedy completion of cfg.prompt (in the tokenizer's chat template when it has one and
+    cfg.chat_template), by the base model or the base model with cfg.adapter."""
+    resolve(cfg.model)
+    tok = load_tokenizer(cfg.model)
+    text = cfg.prompt
+    if cfg.chat_template and tok.chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                       tokenize=False)
+        ids = tok(text, add_special_tokens=False)["input_ids"]  # the template holds its own special tokens
+    else:
+        ids = tok(text)["input_ids"]
+    model = load_for_generation(cfg.model, cfg.adapter, cfg.device, cfg.dtype)
+    device = next(model.parameters()).device
+    out = model.generate(input_ids=torch.tensor([ids], device=device), max_new_tokens=cfg.max_new_tokens or 128,
+                         do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
+                         top_k=None)
+    return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
