@@ -98,7 +98,7 @@ class CharTok:
 
     bos_token_id, eos_token_id = 1, 2
 
-    def __call__(self, text, add_special_tokens=False):
+    def __call__(self, text, add_special_tokens=False, verbose=True):
         return {"input_ids": [ord(c) for c in text]}
 
     def decode(self, ids):

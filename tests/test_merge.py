@@ -105,5 +105,6 @@ def test_incompatible_adapters_refused(tmp_path, tiny_model, tiny_qwen, tiny_ada
     other = load_adapter(make_adapter(tiny_qwen, tmp_path / "qwen", seed=5))
     with pytest.raises(UserError, match="different base models"):
         check_compatible([load_adapter(tiny_adapters["en"]), other], "sum")
-    with pytest.raises(UserError, match="made for base model"):
-        check_compatible(ads("en"), "sum", base_id="/somewhere/else")
+    with pytest.raises(UserError, match="is not the base model"):
+        check_compatible(ads("en"), "sum", str(tiny_qwen))
+    check_compatible(ads("en"), "sum", str(tiny_qwen), allow_other_base=True)  # the override

@@ -165,3 +165,57 @@ def test_generate_needs_data_or_a_prompt(tmp_path, capsys, tiny_model, demo_data
     assert "--data is required (or give --prompt for one completion)" in capsys.readouterr().err
     assert cli("generate", "--model", tiny_model, "--prompt", "x", "--data", demo_data["ar"]) == 2
     assert "give --prompt or --data, not both" in capsys.readouterr().err
+
+
+def test_one_base_model_by_any_name(tmp_path, capsys, monkeypatch, tiny_model, tiny_qwen, tiny_adapters, demo_data):
+    """The base an adapter records is recognised by relative path, symlink or a copy elsewhere; a real mismatch is
+    one line naming both (exit 2), and --allow-other-base lets it through."""
+    import shutil
+
+    link, copy = tmp_path / "link", tmp_path / "copy"
+    link.symlink_to(tiny_model, target_is_directory=True)
+    shutil.copytree(tiny_model, copy)
+    monkeypatch.chdir(tiny_model.parent)
+    common = ["--adapter", tiny_adapters["ar"], "--data", demo_data["ar"], "--lang", "ar", "--limit", 1,
+              "--max-new-tokens", 2]
+    for i, model in enumerate((tiny_model.name, link, copy)):  # all three are the base the adapter records
+        assert cli("generate", "--model", model, *common, "--out", tmp_path / f"p{i}.jsonl") == 0, model
+    capsys.readouterr()
+    assert cli("generate", "--model", tiny_qwen, *common, "--out", tmp_path / "q.jsonl") == 2
+    err = capsys.readouterr().err
+    assert f"--model {tiny_qwen}: is not the base model {tiny_adapters['ar']} was made for ({tiny_model})" in err
+    assert "--allow-other-base" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "q.jsonl").exists()
+    # a finetune-merged on the copy passes; on another model it needs the override (then fails on the shapes)
+    assert cli("finetune-merged", "--model", copy, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data",
+               demo_data["ar"], "--lang", "ar", "--prune-ratio", 0, "--max-steps", 1, "--out", tmp_path / "ft") == 0
+
+
+def test_the_adapters_base_is_the_default_model(tmp_path, capsys, tiny_model, tiny_adapters, demo_data):
+    """No --model: the base the adapter records is loaded (not the packaged default), as PEFT does."""
+    preds = tmp_path / "p.jsonl"
+    assert cli("generate", "--adapter", tiny_adapters["ar"], "--data", demo_data["ar"], "--lang", "ar", "--limit", 2,
+               "--max-new-tokens", 2, "--out", preds) == 0
+    assert yaml.safe_load((tmp_path / "p.config.yaml").read_text())["model"] == str(tiny_model.resolve())
+    out = tmp_path / "ft"
+    assert cli("finetune-merged", "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data", demo_data["ar"],
+               "--lang", "ar", "--prune-ratio", 0.3, "--max-steps", 1, "--out", out) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == str(tiny_model.resolve())
+
+
+def test_every_adapter_folder_has_a_model_card_peft_loads_from(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """train-adapter and finetune-merged write README.md (base model, task, languages, method, prune ratio) and a
+    base_model_name_or_path that AutoPeftModelForCausalLM loads on this machine."""
+    from peft import AutoPeftModelForCausalLM
+
+    single, merged = tmp_path / "single", tmp_path / "merged"
+    assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", single,
+               "--max-steps", 1) == 0
+    assert cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], single, "--data",
+               demo_data["ar"], "--lang", "ar", "--prune-ratio", 0.25, "--max-steps", 1, "--out", merged) == 0
+    for folder, needles in ((single, ["LoRA adapter (grasp-lora train-adapter)", "**Languages**: ar"]),
+                            (merged / "adapter", ["GRASP LoRA merged adapter", "**Prune ratio**: 0.2500 (drop rate; "
+                                                  "PEFT density 0.7500), input_weighted criterion"])):
+        card = (folder / "README.md").read_text()
+        assert card.startswith("---\nbase_model: ") and "library_name: peft" in card and "**Task**: qa" in card
+        assert all(n in card for n in needles), card
+        assert AutoPeftModelForCausalLM.from_pretrained(folder) is not None

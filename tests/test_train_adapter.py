@@ -1,5 +1,6 @@
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,5 +97,8 @@ def test_packaged_smollm2_few_steps(tmp_path, demo_data):
     assert cli("train-adapter", "--data", demo_data["ar"], "--task", "qa", "--lang", "ar", "--out", out,
                "--max-steps", 2, "--grad-accum", 2, "--eval-batch-size", 8) == 0
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["base_model_name_or_path"] == "packaged:smollm2-135m"
+    # a folder transformers and PEFT load (the packaged GGUF's safetensors cache), the hub id in the card
+    base = Path(cfg["base_model_name_or_path"])
+    assert base.name == "packaged-smollm2-135m" and (base / "config.json").is_file()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (out / "README.md").read_text()
     assert len(read_jsonl(out / "train_log.jsonl")) == 2

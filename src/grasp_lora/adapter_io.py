@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -16,6 +17,9 @@ import torch
 from .errors import OptionError, UserError
 from .files import TMP_SUFFIX, atomic_path, file_mode, raise_write_error, write_json
 from .merge import FORMS, MergedLoraLinear, inject
+from .models import base_identity, base_model_id
+
+log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
@@ -108,8 +112,10 @@ def load_adapter(path: str | Path) -> LoadedAdapter:
     return LoadedAdapter(str(path), config, weights)
 
 
-def check_compatible(adapters: list[LoadedAdapter], form: str, base_id: str | None = None) -> None:
-    """Refuse adapters made for another base model, other target modules, or (a form of equal ranks) another rank."""
+def check_compatible(adapters: list[LoadedAdapter], form: str, base: str | None = None,
+                     allow_other_base: bool = False) -> None:
+    """Refuse adapters made for another base model than `base` (check_base), for other target modules, or (a form
+    of equal ranks) with another rank."""
     first = adapters[0]
     for other in adapters[1:]:
         if other.target_modules != first.target_modules or set(other.weights) != set(first.weights):
@@ -118,13 +124,45 @@ def check_compatible(adapters: list[LoadedAdapter], form: str, base_id: str | No
         if FORMS[form].equal_ranks and other.rank != first.rank:
             raise OptionError({"merge_form": form}, f"needs equal ranks, but {other.path} has rank {other.rank} "
                               f"and {first.path} rank {first.rank} (use the sum form)")
-    bases = {a.config.get("base_model_name_or_path") for a in adapters} - {None}
-    if len(bases) > 1:
-        raise UserError("adapters were made for different base models: "
-                        + "; ".join(f"{a.path} -> {a.config.get('base_model_name_or_path')}" for a in adapters))
-    if base_id is not None and bases and bases != {base_id}:
-        raise OptionError({"model": base_id}, f"{first.path} was made for base model {bases.pop()}; use that "
-                          "model (or edit base_model_name_or_path if it is the same model)")
+    check_base({a.path: a.config for a in adapters}, base, allow_other_base)
+
+
+def check_base(configs: dict[str, dict], model: str | None, allow_other_base: bool = False) -> None:
+    """The adapters ({folder: adapter_config}) were made for one base model, and it is `model`: the same model by
+    any of its names (a path spelt otherwise, a link, a GGUF or packaged model and its cache, a hub id and its
+    local copy) passes; `allow_other_base` lets a real mismatch through."""
+    recorded = [(path, c["base_model_name_or_path"]) for path, c in configs.items() if c.get("base_model_name_or_path")]
+    if not recorded or allow_other_base:
+        return
+    first, name = recorded[0]
+    for other, other_name in recorded[1:]:
+        if _same_base(name, other_name) is False:
+            raise OptionError("adapters", f"were made for different base models: {first} -> {name}; {other} -> "
+                                          f"{other_name} (pass <allow_other_base> to merge them anyway)")
+    if model is None:
+        return
+    same = _same_base(name, model)
+    if same is False:
+        raise OptionError({"model": model}, f"is not the base model {first} was made for ({name}); use that "
+                                            "model, or pass <allow_other_base> to use the adapters on this one")
+    if same is None:
+        log.warning("cannot check offline that %s (the base of %s) is the model %s; going on", name, first, model)
+
+
+def _same_base(a: str, b: str) -> bool | None:
+    """Whether two names are one base model (models.base_identity); None when one cannot be seen offline."""
+    id_a = base_model_id_or_none(a)
+    if a == b or (id_a is not None and id_a == base_model_id_or_none(b)):
+        return True
+    ia, ib = base_identity(a), base_identity(b)
+    return None if ia is None or ib is None else ia == ib
+
+
+def base_model_id_or_none(name: str) -> str | None:
+    try:
+        return base_model_id(name)
+    except UserError:  # a recorded path that no longer exists, a packaged model not installed
+        return None
 
 
 def put_on(model: torch.nn.Module, adapters: list[LoadedAdapter], form: str, dropout: float | None = None

@@ -9,6 +9,7 @@ from .config import TrainAdapterConfig, save_config
 from .errors import OptionError
 from .files import output_dir, staged_run, write_json
 from .inputs import load_inputs
+from .model_card import write_model_card
 from .models import base_model_id, load_model
 from .train import train
 
@@ -46,4 +47,8 @@ def train_adapter(cfg: TrainAdapterConfig) -> dict:
                         save_best=lambda: save_adapter(model, work, base_id), desc=f"adapter {cfg.task}/{cfg.lang}")
         summary.update(task=cfg.task, lang=cfg.lang, train_examples=len(train_ex), val_examples=len(val_ex))
         write_json(work / "train_summary.json", summary)
+        write_model_card(work, base_id, cfg.task, [cfg.lang], "LoRA adapter (grasp-lora train-adapter)", {
+            "Rank / alpha / dropout": f"{cfg.rank} / {cfg.alpha} / {cfg.dropout}",
+            "Target modules": ", ".join(cfg.target_modules), "Training examples": len(train_ex),
+            "Best val loss": f"{summary['best_val_loss']:.4f} after {summary['steps']} steps"})
     return summary

@@ -21,6 +21,7 @@ from .config import LoraHubConfig, TiesConfig, save_config
 from .errors import OptionError
 from .files import output_dir, staged_run, write_json
 from .inputs import load_inputs
+from .model_card import write_model_card
 from .models import base_model_id, load_model, resolve
 from .train import LossProbe
 
@@ -28,9 +29,9 @@ PEFT_PREFIX = "base_model.model."
 log = logging.getLogger(__name__)
 
 
-def _check_adapters(paths: list[str], model: str, form: str = "sum"):
-    adapters = [load_adapter(p) for p in paths]
-    check_compatible(adapters, form, base_model_id(model))
+def _check_adapters(cfg, form: str = "sum"):
+    adapters = [load_adapter(p) for p in cfg.adapters]
+    check_compatible(adapters, form, cfg.model, cfg.allow_other_base)
     return adapters
 
 
@@ -38,7 +39,7 @@ def ties_merge(cfg: TiesConfig) -> dict:
     """TIES-merge the adapters with PEFT and export the result as one adapter in OUT."""
     from peft import PeftModel
 
-    adapters = _check_adapters(cfg.adapters, cfg.model)
+    adapters = _check_adapters(cfg)
     weights = cfg.weights or [1.0] * len(adapters)
     resolve(cfg.model)
     model = PeftModel.from_pretrained(load_model(cfg.model, cfg.device, cfg.dtype), cfg.adapters[0], adapter_name="a0")
@@ -54,6 +55,9 @@ def ties_merge(cfg: TiesConfig) -> dict:
     rank = next(iter(factors.values()))[1].shape[0]
     with staged_run(output_dir(cfg.out), resume=False) as work:
         write_peft_adapter(work, factors, rank, adapters[0].dropout, base_model_id(cfg.model))
+        write_model_card(work, base_model_id(cfg.model), None, [], "TIES merge (grasp-lora ties)", {
+            "Merged adapters": ", ".join(f"`{a}`" for a in cfg.adapters), "Weights": weights,
+            "Density": f"{cfg.density} (kept fraction of each task vector)"})
         save_config(cfg, work)
     return {"weights": weights, "density": cfg.density, "rank": rank}
 
@@ -69,7 +73,7 @@ def lorahub(cfg: LoraHubConfig) -> dict:
     """Search per-adapter weights gradient-free, then export the composed adapter to OUT."""
     import nevergrad as ng
 
-    adapters = _check_adapters(cfg.adapters, cfg.model, form="paper")  # composition needs equal ranks
+    adapters = _check_adapters(cfg, form="paper")  # composition needs equal ranks
     alphas = {float(a.config["lora_alpha"]) for a in adapters}
     if len(alphas) > 1:
         raise OptionError("adapters", f"LoRAHub composes adapters with one lora_alpha, got {sorted(alphas)}")
@@ -109,5 +113,9 @@ def lorahub(cfg: LoraHubConfig) -> dict:
         write_peft_adapter(work, compose(adapters, best.tolist()), scale, adapters[0].dropout,
                            base_model_id(cfg.model))
         write_json(work / "lorahub.json", result)
+        write_model_card(work, base_model_id(cfg.model), cfg.task, [cfg.lang], "LoRAHub composition (grasp-lora "
+                         "lorahub)", {"Composed adapters": ", ".join(f"`{a}`" for a in cfg.adapters),
+                                      "Weights": [round(w, 4) for w in best.tolist()],
+                                      "Objective": f"{best_value:.4f} (loss on {cfg.n_examples} examples + l1)"})
         save_config(cfg, work)
     return result

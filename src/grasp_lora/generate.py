@@ -57,16 +57,18 @@ def generate_texts(model, tok, prompt: Prompt, records: list[dict], max_new_toke
     return preds
 
 
-def load_for_generation(model: str, adapter: str | None, device: str, dtype: str):
-    """The base model, with a PEFT adapter on top when one is given (single, merged-export or composed)."""
-    lm = load_model(model, device, dtype)
-    if adapter:
+def load_for_generation(cfg: GenerateConfig):
+    """The base model, with a PEFT adapter on top when one is given (single, merged-export or composed), checked
+    first against the base model it records."""
+    if cfg.adapter:
+        from .adapter_io import check_base, load_adapter_config
+
+        check_base({cfg.adapter: load_adapter_config(cfg.adapter)}, cfg.model, cfg.allow_other_base)
+    lm = load_model(cfg.model, cfg.device, cfg.dtype)
+    if cfg.adapter:
         from peft import PeftModel
 
-        from .adapter_io import load_adapter_config
-
-        load_adapter_config(adapter)
-        lm = PeftModel.from_pretrained(lm, adapter).eval()
+        lm = PeftModel.from_pretrained(lm, cfg.adapter).eval()
     return lm
 
 
@@ -75,7 +77,7 @@ def generate(cfg: GenerateConfig) -> list[dict]:
     inputs = load_inputs(cfg, (cfg.split,), limit=cfg.limit, encode=False)
     prompt, records, tok = inputs.prompt, inputs.records[cfg.split], inputs.tok
     tok.padding_side = "left"
-    model = load_for_generation(cfg.model, cfg.adapter, cfg.device, cfg.dtype)
+    model = load_for_generation(cfg)
     max_new = cfg.max_new_tokens or max_new_tokens_for(cfg.task, cfg.lang)
     preds = generate_texts(model, tok, prompt, records, max_new, cfg.batch_size, cfg.prompt_budget,
                            desc=f"generate {cfg.task}/{cfg.lang}")
@@ -99,7 +101,7 @@ def complete(cfg: GenerateConfig) -> str:
         ids = tok(text, add_special_tokens=False)["input_ids"]  # the template holds its own special tokens
     else:
         ids = tok(text)["input_ids"]
-    model = load_for_generation(cfg.model, cfg.adapter, cfg.device, cfg.dtype)
+    model = load_for_generation(cfg)
     device = next(model.parameters()).device
     out = model.generate(input_ids=torch.tensor([ids], device=device), max_new_tokens=cfg.max_new_tokens or 128,
                          do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,

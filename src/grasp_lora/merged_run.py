@@ -36,7 +36,7 @@ def setup_merged(cfg, splits: tuple[str, ...]) -> MergedSetup:
     """Check the adapters, then load the data, the base model and the adapters; inject the merged layers."""
     adapters = [load_adapter(p) for p in cfg.adapters]
     inputs = load_inputs(cfg, splits)
-    check_compatible(adapters, cfg.merge_form, base_model_id(cfg.model))
+    check_compatible(adapters, cfg.merge_form, cfg.model, cfg.allow_other_base)
     distributed.init(inputs.device)
     device = distributed.local_device(inputs.device)
     # the exported adapter's lora_dropout: the override, else the first adapter's

