@@ -44,6 +44,9 @@ def test_run_all_stages_then_resume(tmp_path, tiny_model):
     assert not (out / f"grid/p{0.3 if winner == 0.6 else 0.6}/seed42/metrics.json").exists()  # only the winner is scored
     p_star = json.loads((out / "grasp/search/ratio.json").read_text())["prune_ratio"]
     assert json.loads((out / "grasp/seed7/run.json").read_text())["prune_ratio"] == p_star
+    card = (out / "grasp/seed7/adapter/README.md").read_text()  # the scores go into the adapter's model card
+    em = json.loads((out / "grasp/seed7/metrics.json").read_text())["exact_match"]
+    assert f"**Prune ratio**: {p_star:.4f}" in card and f"| EM | {em:.2f} |" in card
 
     before = {s: (out / s / "done.json").read_text() for s in STAGES}
     (out / "ties" / "done.json").unlink()  # as if the run had been killed inside this stage
