@@ -78,4 +78,41 @@ def test_report_renders(tmp_path, experiment):
 def test_report_without_runs_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli("report", tmp_path / "empty", "--out", tmp_path / "r") == 2
-    assert "no run.json found" in capsys.readouterr().err
+    assert "no run found" in capsys.readouterr().err
+
+
+def test_report_on_the_standalone_commands_folders(tmp_path, monkeypatch, tiny_model, demo_data):
+    """The README's one-screen workflow (train-adapter x2, search, finetune-merged at the learned ratio and at a
+    fixed one, generate, evaluate), with relative paths and no --model after the adapters: `report` on the
+    folders puts each evaluated run on its row and times GRASP as its two runs."""
+    monkeypatch.chdir(tmp_path)
+    ar, small = demo_data["ar"], ["--max-steps", 2, "--grad-accum", 1]
+    assert cli("train-adapter", "--model", tiny_model, "--data", demo_data["en"], "--lang", "en", "--out",
+               "adapters/en", *small) == 0
+    assert cli("train-adapter", "--model", tiny_model, "--data", ar, "--lang", "ar", "--out", "adapters/ar", *small) == 0
+    merged = ["--adapters", "adapters/en", "adapters/ar", "--data", ar, "--lang", "ar", *small]
+    assert cli("search", *merged, "--round-every", 1, "--out", "search") == 0
+    assert cli("finetune-merged", *merged, "--prune-ratio", "search/ratio.json", "--out", "final") == 0
+    assert cli("finetune-merged", *merged, "--prune-ratio", 0.5, "--out", "fixed") == 0
+    scores = {}
+    for name, adapter in (("zero", None), ("target", "adapters/ar"), ("final", "final/adapter"),
+                          ("fixed", "fixed/adapter")):
+        with_adapter = ["--adapter", adapter] if adapter else ["--model", tiny_model]
+        assert cli("generate", *with_adapter, "--data", ar, "--lang", "ar", "--max-new-tokens", 4, "--out",
+                   f"eval/{name}/predictions.jsonl") == 0
+        assert cli("evaluate", "--predictions", f"eval/{name}/predictions.jsonl", "--lang", "ar", "--out",
+                   f"eval/{name}/metrics.json", "--bertscore-model", "none") == 0
+        scores[name] = json.loads((tmp_path / f"eval/{name}/metrics.json").read_text())["f1"]
+    assert cli("report", ".", "--out", "report") == 0
+    md = (tmp_path / "report" / "results.md").read_text()
+    p_star = json.loads((tmp_path / "search" / "ratio.json").read_text())["prune_ratio"]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    expected = {"Zero shot": ("zero", "—"), "LoRA (target)": ("target", "—"),
+                "Adaptive LoRA Merge + pruning (grid)": ("fixed", "50.00"),
+                "GRASP LoRA Merge + pruning": ("final", f"{100 * p_star:.2f}")}
+    for label, (name, pct) in expected.items():
+        cells = rows[label].split(" | ")
+        assert cells[1:3] == ["1", pct] and cells[5] == f"{scores[name]:.2f}", rows[label]
+    runtime = (tmp_path / "report" / "runtime.md").read_text()
+    grasp = next(line for line in runtime.splitlines() if line.startswith("| GRASP"))
+    assert grasp.split(" | ")[3] == "2"  # the controller run and the final run

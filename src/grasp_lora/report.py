@@ -1,8 +1,9 @@
 """Tables and plots (SPEC §1.11): the paper's layout with our numbers beside the paper's.
 
-Input contract: every evaluated or timed run folder holds `run.json` ({method, task, lang, seed,
-prune_ratio, seconds}) and, when evaluated, `metrics.json` from `grasp-lora evaluate`. Controller runs
-hold `history.jsonl`. `report` finds them anywhere under the folders it is given.
+Input contract: every evaluated or timed run folder of `run` holds `run.json` ({method, task, lang, seed,
+prune_ratio, seconds}) and, when evaluated, `metrics.json` from `grasp-lora evaluate`; the standalone commands'
+folders are traced to their rows by standalone.py. Controller runs hold `history.jsonl`. `report` finds them
+anywhere under the folders it is given.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .config import ReportConfig, save_config
 from .errors import UserError
 from .files import atomic_path, read_jsonl, write_json, write_text
 from .methods import METHODS
+from .standalone import learned_ratios, standalone_runs
 
 # Row order and labels of the paper's tables.
 # What each runtime row counts: the grid's runs, and GRASP's controller run plus its final runs.
@@ -93,11 +95,16 @@ Histories = list[tuple[Path, list[dict], dict | None]]  # history.jsonl, its rec
 
 
 def collect(folders: list[str]) -> tuple[list[dict], Histories]:
+    """The runs under `folders`: `run`'s (run.json) and the standalone commands' (standalone.py), and every
+    controller history."""
     runs, histories = [], []
     for folder in folders:
-        root = Path(folder)
-        if not root.is_dir():
+        if not Path(folder).is_dir():
             raise UserError(f"{folder}: no such folder")
+    learned = learned_ratios([Path(f) for f in folders])
+    for folder in folders:
+        root = Path(folder)
+        runs += standalone_runs(root, learned)
         for info in sorted(root.rglob("run.json")):
             run = json.loads(info.read_text(encoding="utf-8"))
             metrics = info.with_name("metrics.json")
@@ -108,7 +115,8 @@ def collect(folders: list[str]) -> tuple[list[dict], Histories]:
             ratio = h.with_name("ratio.json")
             histories.append((h, read_jsonl(h), json.loads(ratio.read_text(encoding="utf-8")) if ratio.is_file() else None))
     if not runs:
-        raise UserError(f"{', '.join(folders)}: no run.json found; point report at experiment or run folders")
+        raise UserError(f"{', '.join(folders)}: no run found (run.json, metrics.json or a command's config.yaml); "
+                        "point report at the folders of `run` or of the standalone commands")
     return runs, histories
 
 
