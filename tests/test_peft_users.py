@@ -219,3 +219,60 @@ def test_every_adapter_folder_has_a_model_card_peft_loads_from(tmp_path, tiny_mo
         assert card.startswith("---\nbase_model: ") and "library_name: peft" in card and "**Task**: qa" in card
         assert all(n in card for n in needles), card
         assert AutoPeftModelForCausalLM.from_pretrained(folder) is not None
+
+
+def test_report_to_tensorboard_and_wandb(tmp_path, monkeypatch, tiny_model, tiny_adapters, demo_data):
+    """--report-to as transformers': TensorBoard event files read back with TensorBoard's own reader hold the
+    logged losses, learning rates, val losses and the controller's p, mu, sigma and rewards; W&B runs offline."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "search"
+    assert cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data",
+               demo_data["ar"], "--lang", "ar", "--max-steps", 4, "--round-every", 2, "--out", out,
+               "--report-to", "tensorboard", "wandb") == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    log, val = read_jsonl(out / "train_log.jsonl"), read_jsonl(out / "val_log.jsonl")
+    history = read_jsonl(out / "history.jsonl")
+    assert scalars["train/loss"] == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in log]
+    assert scalars["train/lr"] == [(r["step"], pytest.approx(r["lr"], rel=1e-6)) for r in log]
+    assert scalars["val/loss"] == [(r["step"], pytest.approx(r["val_loss"], rel=1e-6)) for r in val]
+    for key in ("p", "mu", "sigma"):
+        assert scalars[f"train/{key}"] == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in log]
+    assert scalars["controller/reward_best"] == [(h["step"], pytest.approx(max(h["rewards"]), rel=1e-6))
+                                                 for h in history]
+    (run_file,) = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    logged = [h for h in wandb_history(run_file) if "train/loss" in h]
+    assert [(h["_step"], h["train/loss"]) for h in logged] == [(r["step"], pytest.approx(r["loss"], rel=1e-6))
+                                                               for r in log]
+
+
+def wandb_history(path) -> list[dict]:
+    """The history rows of an offline W&B run file: LevelDB-style log blocks of protobuf Records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, block, records, buf = path.read_bytes(), 7, 32768, [], b""  # 7: the ':W&B' header
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == kind == 0:
+            break
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            records.append(buf)
+            buf = b""
+    rows = []
+    for raw in records:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows

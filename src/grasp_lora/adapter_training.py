@@ -11,6 +11,7 @@ from .files import output_dir, staged_run, write_json
 from .inputs import load_inputs
 from .model_card import write_model_card
 from .models import base_model_id, load_model
+from .tracking import Tracker
 from .train import train
 
 
@@ -41,10 +42,11 @@ def train_adapter(cfg: TrainAdapterConfig) -> dict:
     base_id = base_model_id(cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
     train_ex, val_ex = inputs.examples["train"], inputs.examples["val"]
-    with staged_run(output_dir(cfg.out), cfg.resume) as work:
+    desc = f"adapter {cfg.task}/{cfg.lang}"
+    with staged_run(output_dir(cfg.out), cfg.resume) as work, Tracker(cfg.report_to, work, desc, cfg) as tracker:
         save_config(cfg, work)
         summary = train(model, params, train_ex, val_ex, cfg, work, inputs.tok.pad_token_id, inputs.device,
-                        save_best=lambda: save_adapter(model, work, base_id), desc=f"adapter {cfg.task}/{cfg.lang}")
+                        save_best=lambda: save_adapter(model, work, base_id), desc=desc, tracker=tracker)
         summary.update(task=cfg.task, lang=cfg.lang, train_examples=len(train_ex), val_examples=len(val_ex))
         write_json(work / "train_summary.json", summary)
         write_model_card(work, base_id, cfg.task, [cfg.lang], "LoRA adapter (grasp-lora train-adapter)", {

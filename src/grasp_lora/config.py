@@ -26,6 +26,7 @@ from .files import read_yaml, write_text
 from .merge import FORMS
 from .methods import METHODS
 from .prune import CRITERIA, REPRUNE, RESETS, SCOPES
+from .tracking import REPORT_TO
 
 REQUIRED = dataclasses.MISSING
 
@@ -138,6 +139,9 @@ class TrainOptions(Checked):
     max_length: int = opt(2200, "token budget of one training example; longer ones lose context/article tokens, never target tokens")
     checkpoint_every: int = opt(50, "write a checkpoint every N optimizer steps (and at each epoch end; 0 = epoch ends only)")
     resume: bool = opt(False, "continue the unfinished run in OUT/.grasp-lora-run (or a finished one) from its checkpoint")
+    report_to: list[str] = opt(["none"], "also send loss, learning rate, val loss (and the controller's p, mu, sigma, "
+                                         "rewards) to tensorboard (OUT/tensorboard) and/or wandb (offline unless "
+                                         "WANDB_MODE says otherwise), as transformers' report_to", choices=REPORT_TO)
 
     def check(self):
         above(self, "lr", 0)

@@ -3,6 +3,7 @@ controller probes candidate ratios on the micro-dev set every K steps; writes hi
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -14,12 +15,14 @@ from .config import SearchConfig
 from .controller import Controller, ControllerState
 from .files import append_jsonl, truncate_jsonl, write_json
 from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
+from .tracking import Tracker
 from .train import LossProbe, train
 
 
 class SearchHooks(PruneHooks):
-    def __init__(self, setup: MergedSetup, cfg: SearchConfig, work: Path):
+    def __init__(self, setup: MergedSetup, cfg: SearchConfig, work: Path, tracker: Tracker):
         super().__init__(setup, cfg)
+        self.tracker = tracker
         probe = LossProbe(setup.examples["micro_dev"], setup.tok.pad_token_id, setup.device, cfg.eval_batch_size)
         loss_fn: Callable[[], float] = lambda: probe(setup.model)
         self.controller = Controller(cfg, loss_fn, self.scores, self.commit, cfg.scope)
@@ -49,6 +52,10 @@ class SearchHooks(PruneHooks):
             record = self.controller.round(self.setup.model, step)
             self.probe_seconds += record["seconds"]
             append_jsonl(self.history, record)
+            rewards = [r for r in record["rewards"] if r is not None and math.isfinite(r)]
+            if rewards:
+                self.tracker.log({"controller/reward_mean": sum(rewards) / len(rewards),
+                                  "controller/reward_best": max(rewards)}, step)
         if distributed.active():
             masks = prune.current_masks(self.setup.model)
             distributed.broadcast_tensors(masks)
@@ -62,12 +69,13 @@ def search(cfg: SearchConfig) -> tuple[dict, torch.nn.Module]:
     """The controller run: learn the prune ratio online; writes history.jsonl and ratio.json.
     Returns ratio.json's content and the trained, masked model."""
     setup = setup_merged(cfg, ("train", "val", "micro_dev"))
-    with run_folder(setup, cfg) as work:
-        hooks = SearchHooks(setup, cfg, work)
+    desc = f"search {cfg.task}/{cfg.lang}"
+    with run_folder(setup, cfg, desc) as (work, tracker):
+        hooks = SearchHooks(setup, cfg, work, tracker)
         hooks.prune_to(cfg.p_init)
         summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"], cfg, work,
-                        setup.tok.pad_token_id, setup.device, save_best=lambda: None, hooks=hooks,
-                        desc=f"search {cfg.task}/{cfg.lang}")
+                        setup.tok.pad_token_id, setup.device, save_best=lambda: None, hooks=hooks, desc=desc,
+                        tracker=tracker)
         result = {**hooks.controller.result(), "steps": summary["steps"], "seconds": summary["seconds"],
                   "probe_seconds": hooks.probe_seconds, "best_val_loss": summary["best_val_loss"]}
         if distributed.is_main():

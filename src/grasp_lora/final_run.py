@@ -33,11 +33,12 @@ def finetune_merged(cfg: FinetuneMergedConfig) -> tuple[dict, torch.nn.Module]:
     hooks = RepruneHooks(setup, cfg)
     if cfg.prune_ratio > 0:
         hooks.prune_to(cfg.prune_ratio)
-    with run_folder(setup, cfg) as work:
+    desc = f"finetune-merged p={cfg.prune_ratio:.3f}"
+    with run_folder(setup, cfg, desc) as (work, tracker):
         summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"], cfg, work,
                         setup.tok.pad_token_id, setup.device,
                         save_best=lambda: export_peft(setup.layers, work / "adapter", setup.base_id, setup.dropout),
-                        hooks=hooks, desc=f"finetune-merged p={cfg.prune_ratio:.3f}")
+                        hooks=hooks, desc=desc, tracker=tracker)
         summary.update(prune_ratio=cfg.prune_ratio,
                        kept_fraction=prune.kept_fraction(prune.current_masks(setup.model)))
         if distributed.is_main():

@@ -17,6 +17,7 @@ from .files import RUN_NAME, output_dir, staged_run
 from .inputs import load_inputs
 from .merge import MergedLoraLinear
 from .models import base_model_id, load_model
+from .tracking import Tracker
 from .train import Hooks
 
 
@@ -49,15 +50,16 @@ def setup_merged(cfg, splits: tuple[str, ...]) -> MergedSetup:
 
 
 @contextlib.contextmanager
-def run_folder(setup: MergedSetup, cfg):
+def run_folder(setup: MergedSetup, cfg, desc: str):
     """The folder the run writes into (files.staged_run; rank 0 prepares and publishes it, the other ranks
-    read their checkpoint from it)."""
+    read their checkpoint from it) and the run's tracker (rank 0's only)."""
     main = distributed.is_main()
-    with staged_run(setup.out, cfg.resume) if main else contextlib.nullcontext(setup.out / RUN_NAME) as work:
+    with staged_run(setup.out, cfg.resume) if main else contextlib.nullcontext(setup.out / RUN_NAME) as work, \
+            Tracker(cfg.report_to if main else ["none"], work, desc, cfg) as tracker:
         if main:
             save_config(cfg, work)
         distributed.broadcast_object(None)  # a barrier: no rank looks for a checkpoint before rank 0 set it up
-        yield work
+        yield work, tracker
 
 
 def trainable(setup: MergedSetup) -> list[torch.nn.Parameter]:

@@ -28,6 +28,7 @@ from .files import append_jsonl, atomic_path, truncate_jsonl
 
 if TYPE_CHECKING:
     from .config import TrainOptions
+    from .tracking import Tracker
 
 
 def _keeps_logits(model) -> bool:
@@ -185,7 +186,8 @@ def load_checkpoint(path: Path, params, optimizer, scheduler, hooks: Hooks) -> P
 
 def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], val_examples: list[dict],
           settings: TrainOptions, out_dir: str | Path, pad_id: int, device: torch.device,
-          save_best: Callable[[], None], hooks: Optional[Hooks] = None, desc: str = "train") -> dict:
+          save_best: Callable[[], None], hooks: Optional[Hooks] = None, desc: str = "train",
+          tracker: Optional[Tracker] = None) -> dict:
     """Train `params` with AdamW + StepLR, early stopping on val loss; returns a summary. `settings`: the
     command's config (its TrainOptions fields).
 
@@ -239,6 +241,8 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
             progress.bad_epochs += 1
         if main:
             append_jsonl(val_log, {"step": progress.step, "epoch": epoch, "val_loss": val, "best": improved})
+            if tracker:
+                tracker.log({"val/loss": val}, progress.step)
 
     def finished() -> bool:
         return bool(settings.max_steps) and progress.step >= settings.max_steps
@@ -276,6 +280,10 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
                 if main:
                     append_jsonl(train_log, {"step": progress.step, "epoch": epoch, "loss": loss_value,
                                              "lr": optimizer.param_groups[0]["lr"], **(extra or {})})
+                    if tracker:
+                        tracker.log({"train/loss": loss_value, "train/lr": optimizer.param_groups[0]["lr"],
+                                     **{f"train/{k}": v for k, v in (extra or {}).items()
+                                        if isinstance(v, float)}}, progress.step)
                 bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in (extra or {}).items()
                                                              if isinstance(v, float)})
                 bar.update(1)
