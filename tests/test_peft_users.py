@@ -2,6 +2,7 @@
 file, global flags anywhere."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -276,3 +277,50 @@ def wandb_history(path) -> list[dict]:
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                          for item in record.history.item})
     return rows
+
+
+def test_python_api_search_matches_the_cli(tmp_path, tiny_model, tiny_adapters, demo_data):
+    import grasp_lora
+    from grasp_lora.errors import OptionError
+
+    options = dict(model=str(tiny_model), adapters=[str(tiny_adapters["en"]), str(tiny_adapters["ar"])],
+                   data=str(demo_data["ar"]), lang="ar", max_steps=4, round_every=2)
+    found = grasp_lora.search(**options)
+    assert cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data",
+               demo_data["ar"], "--lang", "ar", "--max-steps", 4, "--round-every", 2, "--out", tmp_path / "cli") == 0
+    by_cli = json.loads((tmp_path / "cli" / "ratio.json").read_text())
+    assert found["prune_ratio"] == by_cli["prune_ratio"] and len(found["history"]) == 2
+    assert [h["candidates"] for h in found["history"]] == [h["candidates"] for h in
+                                                           read_jsonl(tmp_path / "cli" / "history.jsonl")]
+    final = grasp_lora.finetune_merged(adapters=options["adapters"], data=options["data"], lang="ar", max_steps=1,
+                                       prune_ratio=str(Path(found["out"]) / "ratio.json"))
+    assert final["prune_ratio"] == found["prune_ratio"] and (Path(final["adapter"]) / "adapter_config.json").is_file()
+    with pytest.raises(OptionError, match="data"):
+        grasp_lora.search(lang="ar", adapters=options["adapters"])
+
+
+def test_python_api_merge_adapters_onto_a_loaded_model(tmp_path, tiny_model, tiny_adapters):
+    """merge_adapters puts the adapters, merged and pruned, on a transformers model: the base frozen, the LoRA
+    factors trainable, generation works, and its export loads in PEFT with the same outputs."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import grasp_lora
+    from grasp_lora import prune
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    grasp_lora.merge_adapters(model, [tiny_adapters["en"], tiny_adapters["ar"]], prune_ratio=0.3)
+    assert prune.kept_fraction(prune.current_masks(model)) == pytest.approx(0.7, abs=0.01)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()  # ready to train: gradients reach the factors only
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
+    assert model.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape == (1, 8)
+    grasp_lora.export_adapter(model, str(tmp_path / "exported"), base_model=str(tiny_model))
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+        peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "exported")
+        assert torch.allclose(peft(input_ids=ids).logits, ours, atol=1e-5)
