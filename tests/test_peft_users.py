@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import cli
@@ -324,3 +325,34 @@ def test_python_api_merge_adapters_onto_a_loaded_model(tmp_path, tiny_model, tin
         ours = model(input_ids=ids).logits
         peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), tmp_path / "exported")
         assert torch.allclose(peft(input_ids=ids).logits, ours, atol=1e-5)
+
+
+def test_one_run_mode_exports_the_controller_runs_best_weights(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """search --export-adapter: ONE standard PEFT adapter from the controller run, its best-val weights pruned at
+    p* with the run's criterion; report puts it on its own row, timed as one run."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "search"
+    assert cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data",
+               demo_data["ar"], "--lang", "ar", "--max-steps", 6, "--round-every", 2, "--export-adapter",
+               "--out", out) == 0
+    ratio = json.loads((out / "ratio.json").read_text())
+    assert ratio["adapter"] == str(out / "adapter") and (out / "best.pt").is_file()
+    weights = load_file(out / "adapter" / "adapter_model.safetensors")
+    # the sum form exports A = [A_en; A_ar] per module: each adapter's block pruned at p* (per tensor)
+    blocks = [w[i * 8:(i + 1) * 8] for k, w in weights.items() if k.endswith("lora_A.weight") for i in range(2)]
+    kept = [float((b != 0).float().mean()) for b in blocks]
+    assert all(k == pytest.approx(1 - ratio["prune_ratio"], abs=1 / b.numel() + 1e-6) for k, b in zip(kept, blocks))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out / "adapter")
+    assert model(input_ids=torch.tensor([[1, 5, 9]])).logits.isfinite().all()
+    assert "learned by the controller" in (out / "adapter" / "README.md").read_text()
+    assert cli("generate", "--adapter", out / "adapter", "--data", demo_data["ar"], "--lang", "ar",
+               "--max-new-tokens", 2, "--out", tmp_path / "p.jsonl") == 0
+    assert cli("evaluate", "--predictions", tmp_path / "p.jsonl", "--lang", "ar", "--out", tmp_path / "m.json",
+               "--bertscore-model", "none") == 0
+    assert cli("report", tmp_path, "--out", tmp_path / "report") == 0
+    assert "| GRASP LoRA (one run) | 1 |" in (tmp_path / "report" / "results.md").read_text()
+    runtime = (tmp_path / "report" / "runtime.md").read_text()
+    assert "| GRASP LoRA (one run: the controller run's export) | qa | ar | 1 |" in runtime

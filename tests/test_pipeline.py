@@ -12,7 +12,7 @@ from grasp_lora.demo import corpus_file
 
 STAGES = ["data/source", "data/target", "adapters/source", "adapters/target", "zero_shot", "target_lora", "ties",
           "lorahub", "alm/seed42", "grid/p0.3/seed42", "grid/p0.6/seed42", "grid/winner", "grasp/search", "grasp/seed42",
-          "grasp/seed7"]
+          "grasp/seed7", "grasp/one_run"]
 
 
 def experiment_yaml(tmp_path, tiny_model):
@@ -36,7 +36,7 @@ def test_run_all_stages_then_resume(tmp_path, tiny_model):
     for stage in STAGES:
         assert (out / stage / "done.json").is_file(), stage
     for label in ("Zero shot", "LoRA (target)", "TIES merge", "LoRAHub", "Adaptive LoRA Merge",
-                  "Adaptive LoRA Merge + pruning (grid)", "GRASP LoRA Merge + pruning"):
+                  "Adaptive LoRA Merge + pruning (grid)", "GRASP LoRA Merge + pruning", "GRASP LoRA (one run)"):
         assert f"| {label} |" in r.stdout, label
     assert "Speed-up" in r.stdout and (out / "report" / "controller.png").is_file()
     winner = json.loads((out / "grid/winner/done.json").read_text())["prune_ratio"]
@@ -78,7 +78,7 @@ def test_demo_cut_down_to_the_tiny_model(tmp_path, tiny_model):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Demo scale:" in r.stdout
     for label in ("Zero shot", "LoRA (target)", "TIES merge", "LoRAHub", "Adaptive LoRA Merge |",
-                  "Adaptive LoRA Merge + pruning (grid)", "GRASP LoRA Merge + pruning"):
+                  "Adaptive LoRA Merge + pruning (grid)", "GRASP LoRA Merge + pruning", "GRASP LoRA (one run)"):
         assert label in r.stdout, label
     assert "GRASP LoRA (controller + final runs)" in r.stdout and "controller.png" in r.stdout
     m = json.loads((tmp_path / "demo/grasp/seed42/metrics.json").read_text())

@@ -278,6 +278,9 @@ class TrainAdapterConfig(LoraOptions, TrainOptions, DataOptions, ModelOptions):
 class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
     grad_accum: int = opt(1, "micro-batches per optimizer step (the authors' controller run: 1, so 50 examples "
                              "give 50 steps and 5 rounds at K = 10)")
+    export_adapter: bool = opt(False, "one-run mode: also export ONE PEFT adapter from this run, its best-val weights "
+                                      "pruned at the learned ratio with this run's criterion, to OUT/adapter "
+                                      "(no final run needed)")
     out: str = opt(REQUIRED, "output folder: history.jsonl, ratio.json, train/val logs, config.yaml")
 
     def check(self):

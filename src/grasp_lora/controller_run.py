@@ -11,10 +11,12 @@ from typing import Callable
 import torch
 
 from . import distributed, prune
+from .adapter_io import export_peft
 from .config import SearchConfig
 from .controller import Controller, ControllerState
-from .files import append_jsonl, truncate_jsonl, write_json
+from .files import append_jsonl, atomic_path, truncate_jsonl, write_json
 from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
+from .model_card import write_model_card
 from .tracking import Tracker
 from .train import LossProbe, train
 
@@ -66,18 +68,52 @@ class SearchHooks(PruneHooks):
 
 
 def search(cfg: SearchConfig) -> tuple[dict, torch.nn.Module]:
-    """The controller run: learn the prune ratio online; writes history.jsonl and ratio.json.
-    Returns ratio.json's content and the trained, masked model."""
+    """The controller run: learn the prune ratio online; writes history.jsonl and ratio.json (and, in one-run mode,
+    OUT/adapter). Returns ratio.json's content and the trained, masked model."""
     setup = setup_merged(cfg, ("train", "val", "micro_dev"))
     desc = f"search {cfg.task}/{cfg.lang}"
     with run_folder(setup, cfg, desc) as (work, tracker):
         hooks = SearchHooks(setup, cfg, work, tracker)
         hooks.prune_to(cfg.p_init)
-        summary = train(setup.model, trainable(setup), setup.examples["train"], setup.examples["val"], cfg, work,
-                        setup.tok.pad_token_id, setup.device, save_best=lambda: None, hooks=hooks, desc=desc,
-                        tracker=tracker)
+        params = trainable(setup)
+        best = work / "best.pt"  # one-run mode: the best-val weights with their masks and stashes
+        summary = train(setup.model, params, setup.examples["train"], setup.examples["val"], cfg, work,
+                        setup.tok.pad_token_id, setup.device, hooks=hooks, desc=desc, tracker=tracker,
+                        save_best=lambda: save_weights(best, params, hooks) if cfg.export_adapter else None)
         result = {**hooks.controller.result(), "steps": summary["steps"], "seconds": summary["seconds"],
                   "probe_seconds": hooks.probe_seconds, "best_val_loss": summary["best_val_loss"]}
+        if cfg.export_adapter and distributed.is_main():
+            export_one_run(setup, cfg, hooks, params, best, result, work / "adapter")
+            result["adapter"] = str(setup.out / "adapter")
         if distributed.is_main():
             write_json(work / "ratio.json", result)
     return result, setup.model
+
+
+def save_weights(path: Path, params: list[torch.nn.Parameter], hooks: PruneHooks) -> None:
+    if distributed.is_main():
+        with atomic_path(path) as tmp:
+            torch.save({"params": [p.detach().cpu() for p in params],
+                        "prune": PruneHooks.state_dict(hooks)}, tmp)
+
+
+@torch.no_grad()
+def export_one_run(setup: MergedSetup, cfg: SearchConfig, hooks: SearchHooks, params: list[torch.nn.Parameter],
+                   best: Path, result: dict, out: Path) -> None:
+    """One-run mode: back to the best-val weights (their masks and stashed values), pruned at p* with the run's
+    criterion, exported as ONE standard PEFT adapter."""
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    for p, saved in zip(params, state["params"]):
+        p.copy_(saved.to(p.device))
+    prune.set_masks(setup.model, state["prune"]["masks"])
+    prune.set_stashes(setup.model, state["prune"]["stashes"])
+    hooks.prune_to(result["prune_ratio"])
+    export_peft(setup.layers, out, setup.base_id, setup.dropout)
+    write_model_card(out, setup.base_id, cfg.task, [cfg.lang], "GRASP LoRA, one run (grasp-lora search "
+                     "--export-adapter)", {
+                         "Merged adapters": ", ".join(f"`{a}`" for a in cfg.adapters), "Merge form": cfg.merge_form,
+                         "Prune ratio": f"{result['prune_ratio']:.4f} (drop rate; PEFT density "
+                                        f"{1 - result['prune_ratio']:.4f}), learned by the controller ({result['rule']}"
+                                        f" rule, {result['rounds']} rounds), {cfg.criterion} criterion",
+                         "Kept fraction": f"{prune.kept_fraction(prune.current_masks(setup.model)):.4f}",
+                         "Best val loss": f"{result['best_val_loss']:.4f} (before re-pruning at p*)"})

@@ -8,4 +8,5 @@ METHODS = {
     "alm": "Adaptive LoRA Merge",
     "alm_grid": "Adaptive LoRA Merge + pruning (grid)",
     "grasp": "GRASP LoRA Merge + pruning",
+    "grasp_one_run": "GRASP LoRA (one run)",
 }

@@ -1,11 +1,11 @@
 """What `report` reads from folders written by the standalone commands, which hold no run.json: each
-metrics.json is traced through its predictions' generate config to the adapter, and the adapter to the command
+metrics file of `evaluate` is traced through its predictions' generate config to the adapter, and the adapter to the command
 that made it (its config.yaml), which gives its row of the table; `search` and `finetune-merged` folders give the
 runtime table its runs.
 
 The rows: no adapter → zero shot; `train-adapter` → LoRA (target); `ties`, `lorahub` → theirs; `finetune-merged` at
 0 → Adaptive LoRA Merge, at a ratio a reported `search` learned → GRASP, at any other ratio → the grid (whose row
-is its best-val ratio).
+is its best-val ratio); `search --export-adapter` → GRASP (one run).
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ def made_by(adapter: Path | None, learned: set[float]) -> tuple[str, dict, Path 
     if "rank" in own:
         return "target_lora", own, adapter
     parent = _config(adapter.parent)
+    if adapter.name == "adapter" and (adapter.parent / "ratio.json").is_file():  # search --export-adapter
+        ratio = _json(adapter.parent / "ratio.json")
+        return "grasp_one_run", {**parent, "prune_ratio": ratio.get("prune_ratio"), "seconds": ratio.get("seconds")}, \
+            adapter.parent
     if adapter.name == "adapter" and "prune_ratio" in parent:
         return final_run_method(parent["prune_ratio"], learned), parent, adapter.parent
     return adapter.name, own, adapter
@@ -71,17 +75,19 @@ def made_by(adapter: Path | None, learned: set[float]) -> tuple[str, dict, Path 
 def standalone_runs(root: Path, learned: set[float]) -> list[dict]:
     """Runs under `root` without run.json: evaluated ones (metrics.json) and timed ones (search, finetune-merged)."""
     runs, traced = [], set()
-    for path in sorted(root.rglob("metrics.json")):
+    for path in sorted(root.rglob("*.json")):  # evaluate's output, by its content (users name it as they like)
         metrics = _json(path)
-        if path.with_name("run.json").is_file() or "task" not in metrics:
+        if path.with_name("run.json").is_file() or not {"task", "lang", "n", "predictions"} <= set(metrics):
             continue
         predictions = Path(metrics.get("predictions", ""))
         generate = _yaml(predictions.with_name(f"{predictions.stem}.config.yaml"))
         method, made, folder = made_by(_existing(generate.get("adapter"), predictions.parent), learned)
         summary = _json(folder / "train_summary.json") if folder else {}
-        traced.add(folder.resolve() if folder else None)
+        if method != "grasp_one_run":  # a one-run export's search also times GRASP's two-run mode, below
+            traced.add(folder.resolve() if folder else None)
         runs.append({"method": method, "task": metrics["task"], "lang": metrics["lang"], "seed": made.get("seed"),
-                     "prune_ratio": made.get("prune_ratio"), "seconds": summary.get("seconds", 0.0),
+                     "prune_ratio": made.get("prune_ratio"),
+                     "seconds": summary.get("seconds", made.get("seconds") or 0.0),
                      "val_loss": summary.get("best_val_loss"), "metrics": metrics, "folder": str(path.parent)})
     for config in sorted(root.rglob("config.yaml")):
         folder, made = config.parent, _config(config.parent)
