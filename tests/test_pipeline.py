@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import os
 
 import pytest
 import yaml
@@ -149,3 +150,36 @@ def test_changed_configuration_redoes_exactly_the_stages_it_touches(tmp_path, ti
     assert redone == {"data/target", "adapters/target", "alm/seed42", "grid/p0.3/seed42", "grid/p0.6/seed42",
                       "grid/winner"}
     assert "stage data/target: redoing it, its configuration changed (input)" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed (pip install "grasp-lora[ray]")')
+def test_ray_on_a_running_cluster(tmp_path, tiny_model):
+    """--ray-address joins a cluster started with `ray start --head` on a loopback port; the grid runs through it
+    with the per-trial resources asked for, and the cluster is stopped after."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        exp, out = experiment_yaml(tmp_path, tiny_model), tmp_path / "ray"
+        r = run_cli("run", exp, "--out", out, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+                    "--ray-workers", 2, "--ray-cpus-per-trial", 1, "--ray-gpus-per-trial", 0, "--methods", "alm_grid",
+                    "--generate-limit", 2)
+        assert r.returncode == 0, r.stderr[-3000:]
+        for p in (0.3, 0.6):
+            assert (out / f"grid/p{p}/seed42/done.json").is_file()
+        assert (out / "ray").is_dir()
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)

@@ -441,6 +441,13 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
     executor: str = opt("local", "independent trials (grid points, seeds) one after another, or as Ray Tune trials",
                         choices=("local", "ray"))
     ray_workers: int = opt(2, "with --executor ray: trials at once (one GPU each when GPUs exist)")
+    ray_address: Optional[str] = opt(None, "with --executor ray: join the running Ray cluster at this address "
+                                           "(default: $RAY_ADDRESS, else start a local one); the experiment folder "
+                                           "must be on storage every node sees")
+    ray_cpus_per_trial: Optional[int] = opt(None, "with --executor ray: CPUs per trial (default: this machine's CPUs "
+                                                  "/ --ray-workers)")
+    ray_gpus_per_trial: Optional[float] = opt(None, "with --executor ray: GPUs per trial (default: 1 when this "
+                                                    "machine has GPUs, else 0)")
 
     def check(self):
         for name in ("seeds", "grid", "methods"):
@@ -449,8 +456,9 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
         if not all(math.isfinite(p) and 0 <= p < 1 for p in self.grid):
             raise OptionError({"grid": self.grid}, "prune ratios must be in [0, 1)")
         for name in ("search_batch_size", "search_grad_accum", "generate_batch_size", "ray_workers",
-                     "lorahub_examples", "lorahub_budget"):
+                     "lorahub_examples", "lorahub_budget", "ray_cpus_per_trial"):
             at_least(self, name, 1)
+        at_least(self, "ray_gpus_per_trial", 0)
         for name in ("search_max_steps", "generate_limit", "max_new_tokens"):
             at_least(self, name, 0)
         if not (math.isfinite(self.ties_density) and 0 < self.ties_density <= 1):

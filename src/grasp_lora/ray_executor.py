@@ -1,5 +1,6 @@
-"""`--executor ray`: independent trials (grid points, seeds) as Ray Tune trials, `ray_workers` at once,
-one GPU each when GPUs exist. Optional: `pip install "grasp-lora[ray]"`.
+"""`--executor ray`: independent trials (grid points, seeds) as Ray Tune trials, `ray_workers` at once, on a local
+Ray started here or on a running cluster (`ray_address` or RAY_ADDRESS), with per-trial CPUs and GPUs as options.
+Optional: `pip install "grasp-lora[ray]"`. On a cluster the experiment folder must be on storage every node sees.
 
 Each trial runs the same stage function as the local executor and writes the same done.json, so a
 Ray run and a local run leave the same experiment folder, and either can resume the other.
@@ -27,19 +28,28 @@ def run_stages(exp, trials: list[tuple[str, Callable[[Path], dict | None], dict]
     fns = {name: (fn, deps) for name, fn, deps in trials}
     pending = [name for name, (_, deps) in fns.items() if exp.done(name, deps) is None]
     if pending:
-        gpus = torch.cuda.device_count()
-        workers = max(1, exp.cfg.ray_workers)
-        cpus = max(1, (os.cpu_count() or 1) // workers)
+        c = exp.cfg
+        workers = max(1, c.ray_workers)
+        cpus = c.ray_cpus_per_trial or max(1, (os.cpu_count() or 1) // workers)
+        gpus = c.ray_gpus_per_trial if c.ray_gpus_per_trial is not None else (1 if torch.cuda.device_count() else 0)
+        address = c.ray_address or os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
-            ray.init(num_cpus=cpus * workers, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            try:
+                if address:  # a running cluster: its nodes bring their own CPUs and GPUs
+                    ray.init(address=address, log_to_driver=False, configure_logging=False)
+                else:
+                    ray.init(num_cpus=cpus * workers, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                             log_to_driver=False, configure_logging=False)
+            except ConnectionError as e:
+                raise UserError(f"--ray-address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]}); "
+                                "start it with `ray start --head` or leave the address out") from None
 
         def trainable(config: dict) -> None:
             torch.set_num_threads(cpus)
             info = exp.stage(config["stage"], *fns[config["stage"]])
             tune.report({"seconds": info["seconds"]})
 
-        resources = {"cpu": cpus, "gpu": 1 if gpus else 0}
+        resources = {"cpu": cpus, "gpu": gpus}
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space={"stage": tune.grid_search(pending)},
