@@ -163,3 +163,26 @@ def test_config_choices_are_the_registries():
     fields = {f.name: f for f in dataclasses.fields(PruneOptions)}
     assert set(fields["reset"].metadata["choices"]) == set(prune.RESETS)
     assert fields["reset"].default == "keep"
+
+
+@pytest.mark.parametrize("command", ["train-adapter", "finetune-merged"])
+def test_bf16_base_trains_fp32_lora_and_exports_what_peft_loads(tmp_path, tiny_model, tiny_adapters, demo_data,
+                                                                 command):
+    """The GPU path on CPU: bf16 base weights, fp32 LoRA factors (as PEFT), gradient checkpointing; the loss is
+    finite and the exported adapter (fp32) loads on the bf16 base in PEFT."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / command
+    args = [command, "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out, "--max-steps",
+            2, "--grad-accum", 1, "--dtype", "bfloat16", "--gradient-checkpointing"]
+    if command == "finetune-merged":
+        args += ["--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--prune-ratio", 0.3]
+    assert cli(*args) == 0
+    log = read_jsonl(out / "train_log.jsonl")
+    assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
+    adapter = out / "adapter" if command == "finetune-merged" else out
+    assert {t.dtype for t in load_file(adapter / "adapter_model.safetensors").values()} == {torch.float32}
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    model = PeftModel.from_pretrained(base, adapter)
+    assert model(input_ids=torch.tensor([[1, 5, 9]])).logits.float().isfinite().all()

@@ -137,6 +137,8 @@ class TrainOptions(Checked):
     seed: int = opt(42, "seed for weights init, dropout and data order")
     eval_batch_size: int = opt(8, "examples per forward pass when computing val loss")
     max_length: int = opt(2200, "token budget of one training example; longer ones lose context/article tokens, never target tokens")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: far less activation "
+                                              "memory for long sequences on big models, about a third more time")
     checkpoint_every: int = opt(50, "write a checkpoint every N optimizer steps (and at each epoch end; 0 = epoch ends only)")
     resume: bool = opt(False, "continue the unfinished run in OUT/.grasp-lora-run (or a finished one) from its checkpoint")
     report_to: list[str] = opt(["none"], "also send loss, learning rate, val loss (and the controller's p, mu, sigma, "

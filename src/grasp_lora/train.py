@@ -195,6 +195,8 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
     `checkpoint_every` steps and at the end of each epoch; `resume` continues from it exactly.
     """
     hooks = hooks or Hooks()
+    if settings.gradient_checkpointing:  # non-reentrant: the frozen base needs no input gradients
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     out_dir = Path(out_dir)
     main = distributed.is_main()  # only rank 0 writes files and shows progress
     train_log, val_log, ckpt = out_dir / "train_log.jsonl", out_dir / "val_log.jsonl", out_dir / "checkpoint.pt"

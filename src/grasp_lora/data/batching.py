@@ -18,6 +18,9 @@ def collate(examples: list[dict], pad_id: int, device: torch.device) -> dict[str
         ids[i, :n] = torch.tensor(e["input_ids"])
         labels[i, :n] = torch.tensor(e["labels"])
         mask[i, :n] = 1
+    if device.type == "cuda":  # pinned host memory: the copy overlaps the previous step's compute
+        return {k: t.pin_memory().to(device, non_blocking=True)
+                for k, t in (("input_ids", ids), ("labels", labels), ("attention_mask", mask))}
     return {"input_ids": ids.to(device), "labels": labels.to(device), "attention_mask": mask.to(device)}
 
 
