@@ -158,7 +158,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 # the previous result untouched and the unfinished run here for --resume). Not TMP_SUFFIX: a lock holder must not
 # sweep it away as a killed writer's temp file.
 RUN_NAME = ".grasp-lora-run"
-RESUME_STATE = ("checkpoint.pt", "train_log.jsonl", "val_log.jsonl", "history.jsonl")  # what --resume reads
+RESUME_STATE = ("checkpoint.pt", "train_log.jsonl", "val_log.jsonl", "history.jsonl", "best.pt")  # what --resume reads
 
 
 def start_run(out: Path, resume: bool) -> Path:
