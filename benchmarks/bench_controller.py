@@ -24,6 +24,7 @@ then the other grid seeds, so partial results print early (said in the output).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
             stage(f"adapters/{side}", lambda d, side=side, lang=lang: train_adapter(exp.train_cfg(
                 TrainAdapterConfig, lang=lang, data=str(exp.data[side]), out=str(d), resume=True,
                 max_steps=ADAPTER_STEPS)))
+        if not report_only:
+            check_adapters(out, adapters)
 
     def grid_point(p: float, seed: int):
         def fn(d: Path) -> dict:
@@ -127,6 +130,19 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
                 searches[v][s] = info
     run_grid(grid_seeds[1:])
     return summarise(name, grid, searches, out)
+
+
+def check_adapters(out: Path, adapters: list[str]) -> None:
+    """The adapters every stage of a case rests on, by content: recorded on the first run (adapters.sha256.json);
+    a later session that retrains them (runs/ is not kept) must get the same bytes, or its stages would mix two
+    sets of adapters. Kept state: benchmarks/state/ (copy it to --out to continue a case)."""
+    digests = {Path(a).name: hashlib.sha256((Path(a) / "adapter_model.safetensors").read_bytes()).hexdigest()
+               for a in adapters}
+    record = out / "adapters.sha256.json"
+    if record.is_file() and json.loads(record.read_text()) != digests:
+        raise SystemExit(f"{out}: the retrained adapters differ from the ones the finished stages used "
+                         f"({record}); rerun with the same OMP_NUM_THREADS, or start the case afresh")
+    write_json(record, digests)
 
 
 def interpolate(curve: dict[float, float], p: float) -> float:
@@ -239,6 +255,25 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+STAGE_RECORDS = ("done.json", "history.jsonl", "ratio.json")
+
+
+def keep_state(out: Path, keep: Path) -> None:
+    """The small records of every finished grid and controller stage, and the adapters' sha256 (data and adapters
+    are remade: cheap, and checked by sha256)."""
+    import shutil
+
+    kept = [f for f in out.glob("*/adapters.sha256.json")]
+    for done in [*out.glob("*/grid/*/*/done.json"), *out.glob("*/search/*/*/done.json")]:
+        kept += [done.parent / name for name in STAGE_RECORDS if (done.parent / name).is_file()]
+    for f in kept:
+        target = keep / f.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+    print(f"kept {len(kept)} files in {keep}; continue with `cp -r {keep}/. {out}/ && OMP_NUM_THREADS=1 "
+          "python benchmarks/bench_controller.py --case ...`")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", nargs="+", default=["mlqa-ar", "mlqa-zh", "demo"], choices=sorted(CASES) + ["custom"])
@@ -254,7 +289,13 @@ def main():
                          "(the defaults always run, as `default`)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option for every case")
     ap.add_argument("--report-only", action="store_true", help="print what finished; run nothing")
+    ap.add_argument("--keep-state", metavar="DIR", help="copy the finished stages' records (done.json, history, "
+                    "ratio.json, the adapters' sha256) of --out to DIR and stop: a later session copies them back "
+                    "into --out and continues where this one stopped (runs/ is not kept between sessions)")
     args = ap.parse_args()
+    if args.keep_state:
+        keep_state(Path(args.out), Path(args.keep_state))
+        return
     variants = dict([("default", {})] + [parse_variant(v) for v in args.variant])
     cases = ["custom"] if args.data else args.case
     for name in cases:
