@@ -154,23 +154,27 @@ def test_changed_configuration_redoes_exactly_the_stages_it_touches(tmp_path, ti
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed (pip install "grasp-lora[ray]")')
-def test_ray_on_a_running_cluster(tmp_path, tiny_model):
+def test_ray_on_a_running_cluster(tmp_path, tiny_model, monkeypatch):
     """--ray-address joins a cluster started with `ray start --head` on a loopback port; the grid runs through it
     with the per-trial resources asked for, and the cluster is stopped after."""
     import shutil
     import socket
     import subprocess
     import sys
+    import tempfile
     from pathlib import Path
 
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # a loopback-only test cluster: no token authentication (a real cluster's RAY_AUTH_MODE/token reach Ray as set)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a length limit
     start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=180)
+                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                            "--temp-dir", str(ray_tmp)], capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         exp, out = experiment_yaml(tmp_path, tiny_model), tmp_path / "ray"
@@ -181,5 +185,8 @@ def test_ray_on_a_running_cluster(tmp_path, tiny_model):
         for p in (0.3, 0.6):
             assert (out / f"grid/p{p}/seed42/done.json").is_file()
         assert (out / "ray").is_dir()
+        # the trials ran on that cluster's workers (a Ray started by the run itself would log under /tmp/ray)
+        assert list(ray_tmp.glob("session_*/logs/worker-*")), sorted(p.name for p in ray_tmp.glob("session_*/logs/*"))
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
