@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grasp_lora.config import (DataPrepareConfig, ExperimentConfig, FinetuneMergedConfig, SearchConfig,
+from grasp_lora.config import (ControllerOptions, DataPrepareConfig, ExperimentConfig, FinetuneMergedConfig, SearchConfig,
                                TrainAdapterConfig, build)
 from grasp_lora.controller import RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.data.prepare import prepare_data
