@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 from .files import write_text
+from .metrics import METRIC_LABELS
 from .models import upstream_id
 
 METRICS_HEADING = "## Metrics"
-METRIC_NAMES = {"exact_match": "EM", "f1": "Token F1", "bleu": "BLEU-4", "rouge_l": "ROUGE-L",
-                "bertscore_f1": "BERTScore-F1"}
 
 
 def write_model_card(folder: str | Path, base: str, task: str | None, langs: list[str], method: str,
@@ -38,6 +37,6 @@ def add_metrics(folder: str | Path, metrics: dict) -> None:
     if not card.is_file():
         return
     text = re.split(rf"\n{METRICS_HEADING}\n", card.read_text(encoding="utf-8"))[0].rstrip("\n")
-    scores = [f"| {label} | {metrics[k]:.2f} |" for k, label in METRIC_NAMES.items() if isinstance(metrics.get(k), float)]
+    scores = [f"| {label} | {metrics[k]:.2f} |" for k, label in METRIC_LABELS.items() if isinstance(metrics.get(k), float)]
     note = f"On {metrics.get('n')} test examples ({metrics.get('task')}, {metrics.get('lang')})."
     write_text(card, "\n".join([text, "", METRICS_HEADING, "", note, "", "| metric | score |", "|---|---|", *scores, ""]))

@@ -21,6 +21,7 @@ from .config import ReportConfig, save_config
 from .errors import UserError
 from .files import atomic_path, read_jsonl, write_json, write_text
 from .methods import METHODS
+from .metrics import METRIC_LABELS
 from .standalone import learned_ratios, standalone_runs
 
 # Row order and labels of the paper's tables.
@@ -29,7 +30,6 @@ RUNTIME_METHODS = {"alm_grid": ("alm_grid",), "grasp": ("grasp_search", "grasp")
 RUNTIME_LABELS = {"alm_grid": "Adaptive LoRA (grid search)", "grasp": "GRASP LoRA (controller + final runs)",
                   "grasp_one_run": "GRASP LoRA (one run: the controller run's export)"}
 METRIC_COLUMNS = {"summarization": ("bertscore_f1", "bleu", "rouge_l"), "qa": ("bertscore_f1", "exact_match", "f1")}
-METRIC_LABELS = {"bertscore_f1": "BERTScore-F1", "bleu": "BLEU-4", "rouge_l": "ROUGE-L", "exact_match": "EM", "f1": "Token F1"}
 
 # Hassan & Chen 2026, Llama-3-8B-Instruct: (task, lang, method) -> (prune %, BERTScore-F1, BLEU-4 | EM, ROUGE-L | F1)
 PAPER = {
