@@ -24,30 +24,21 @@ then the other grid seeds, so partial results print early (said in the output).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from grasp_lora.config import (ControllerOptions, DataPrepareConfig, ExperimentConfig, FinetuneMergedConfig, SearchConfig,
-                               TrainAdapterConfig, build)
+from cases import ADAPTER_STEPS, GRID, MLQA, check_adapters, data_and_adapters, final_run
+from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
 from grasp_lora.controller import RATIO_RULES, ControllerState, ratios_by_rule
-from grasp_lora.data.prepare import prepare_data
 from grasp_lora.demo import corpus_file
 from grasp_lora.files import read_jsonl, write_json
 from grasp_lora.pipeline import Experiment, search_batching
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-MLQA = SHARED / "mlqa-v1-dev"
-GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-
-# What each case trains. Adapters: ADAPTER_STEPS steps (the demo's scale). Final/grid runs: lr 1e-3, batch 2 x
-# accumulation 3, a step cap covering a few epochs of the 50 target examples. With adapters trained 30 steps the
-# merged adapter is already good and every extra pruned entry costs val loss (demo: p = 0.1 0.291, 0.2 0.315,
-# best at the end of the range); with 10-step adapters the demo's best lies inside it. The controller run sees
-# the same examples with the authors' batch 1 x accumulation 1 (search_batching).
-ADAPTER_STEPS = 10
+# What each case trains. Adapters: cases.ADAPTER_STEPS steps. Final/grid runs: lr 1e-3, batch 2 x accumulation 3,
+# a step cap covering a few epochs of the 50 target examples. The controller run sees the same examples with the
+# authors' batch 1 x accumulation 1 (search_batching).
 COMMON = dict(target_sizes="50,50,16,100", source_sizes="96,16,0,16", lr=1e-3, batch_size=2, grad_accum=3,
               eval_batch_size=16, patience=0, epochs=100, seed=42, checkpoint_every=10)
 CASES = {
@@ -71,34 +62,24 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int], controller_seeds: list[int],
-             variants: dict[str, dict], data: str | None, adapters: list[str] | None, report_only: bool) -> dict:
-    from grasp_lora.adapter_training import train_adapter
+             variants: dict[str, dict], data: str | None, adapters: list[str] | None, report_only: bool,
+             verify: bool = False) -> dict:
     from grasp_lora.controller_run import search
-    from grasp_lora.final_run import finetune_merged
 
     exp = Experiment(cfg, out)
     stage = (lambda n, fn: json.loads((out / n / "done.json").read_text()) if (out / n / "done.json").is_file()
              else None) if report_only else exp.stage
     target = data or str(exp.data["target"])
-    if data is None:
-        for side, lang in (("source", cfg.source_lang), ("target", cfg.target_lang)):
-            stage(f"data/{side}", lambda d, side=side, lang=lang: prepare_data(DataPrepareConfig(
-                dataset="mlqa", lang=lang, input=getattr(cfg, f"{side}_input"), out=str(d), seed=cfg.seed,
-                sizes=getattr(cfg, f"{side}_sizes"), scale_down=True)))
     if adapters is None:
-        adapters = exp.adapters
-        for side, lang in (("source", cfg.source_lang), ("target", cfg.target_lang)):
-            stage(f"adapters/{side}", lambda d, side=side, lang=lang: train_adapter(exp.train_cfg(
-                TrainAdapterConfig, lang=lang, data=str(exp.data[side]), out=str(d), resume=True,
-                max_steps=ADAPTER_STEPS)))
+        adapters = data_and_adapters(exp, stage)
+        if verify:
+            verify_retrained(exp, adapters)
         if not report_only:
             check_adapters(out, adapters)
 
     def grid_point(p: float, seed: int):
         def fn(d: Path) -> dict:
-            summary, _ = finetune_merged(exp.train_cfg(
-                FinetuneMergedConfig, data=target, adapters=adapters, prune_ratio=p, seed=seed, out=str(d),
-                merge_form=cfg.merge_form, criterion=cfg.final_criterion, reprune=cfg.reprune, resume=True))
+            summary = final_run(exp, target, adapters, p, seed, d)
             return {"val_loss": summary["best_val_loss"], "train_seconds": summary["seconds"]}
         return fn
 
@@ -132,17 +113,17 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
     return summarise(name, grid, searches, out)
 
 
-def check_adapters(out: Path, adapters: list[str]) -> None:
-    """The adapters every stage of a case rests on, by content: recorded on the first run (adapters.sha256.json);
-    a later session that retrains them (runs/ is not kept) must get the same bytes, or its stages would mix two
-    sets of adapters. Kept state: benchmarks/state/ (copy it to --out to continue a case)."""
-    digests = {Path(a).name: hashlib.sha256((Path(a) / "adapter_model.safetensors").read_bytes()).hexdigest()
-               for a in adapters}
-    record = out / "adapters.sha256.json"
-    if record.is_file() and json.loads(record.read_text()) != digests:
-        raise SystemExit(f"{out}: the retrained adapters differ from the ones the finished stages used "
-                         f"({record}); rerun with the same OMP_NUM_THREADS, or start the case afresh")
-    write_json(record, digests)
+def verify_retrained(exp: Experiment, adapters: list[str]) -> None:
+    """Rerun the first finished grid point with this machine's retrained adapters; when its val loss matches the
+    kept one within 1e-3, record these adapters (adapters.json) so the case continues on them."""
+    kept = json.loads((exp.out / "grid/p0.1/seed42/done.json").read_text())["val_loss"]
+    summary = final_run(exp, str(exp.data["target"]), adapters, 0.1, 42, exp.out / "verify" / "p0.1")
+    diff = summary["best_val_loss"] - kept
+    print(f"  grid p=0.1 seed 42 with this machine's adapters: val loss {summary['best_val_loss']:.6f}, kept "
+          f"{kept:.6f} ({diff:+.2e})", flush=True)
+    if abs(diff) > 1e-3:
+        raise SystemExit(f"{exp.out}: the retrained adapters do not reproduce the kept grid point; start afresh")
+    (exp.out / "adapters.sha256.json").unlink()
 
 
 def interpolate(curve: dict[float, float], p: float) -> float:
@@ -259,11 +240,11 @@ STAGE_RECORDS = ("done.json", "history.jsonl", "ratio.json")
 
 
 def keep_state(out: Path, keep: Path) -> None:
-    """The small records of every finished grid and controller stage, and the adapters' sha256 (data and adapters
-    are remade: cheap, and checked by sha256)."""
+    """The small records of every finished grid and controller stage, and the adapters' fingerprints (data and
+    adapters are remade: cheap, and checked against them, cases.check_adapters)."""
     import shutil
 
-    kept = [f for f in out.glob("*/adapters.sha256.json")]
+    kept = [f for f in out.glob("*/adapters.json")]
     for done in [*out.glob("*/grid/*/*/done.json"), *out.glob("*/search/*/*/done.json")]:
         kept += [done.parent / name for name in STAGE_RECORDS if (done.parent / name).is_file()]
     for f in kept:
@@ -288,15 +269,20 @@ def main():
                     help="NAME:key=value,...: another set of controller runs with these controller options "
                          "(the defaults always run, as `default`)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option for every case")
+    ap.add_argument("--verify-retrained", action="store_true",
+                    help="the kept stages' adapters differ in bits from this machine's: rerun grid p=0.1 seed 42 and "
+                         "continue on these adapters if its val loss matches the kept one within 1e-3")
     ap.add_argument("--report-only", action="store_true", help="print what finished; run nothing")
     ap.add_argument("--keep-state", metavar="DIR", help="copy the finished stages' records (done.json, history, "
-                    "ratio.json, the adapters' sha256) of --out to DIR and stop: a later session copies them back "
+                    "ratio.json, the adapters' fingerprints) of --out to DIR and stop: a later session copies them back "
                     "into --out and continues where this one stopped (runs/ is not kept between sessions)")
     args = ap.parse_args()
     if args.keep_state:
         keep_state(Path(args.out), Path(args.keep_state))
         return
     variants = dict([("default", {})] + [parse_variant(v) for v in args.variant])
+    if bool(args.data) != bool(args.adapters):
+        ap.error("--data and --adapters go together: a prepared target folder and the two adapters to merge")
     cases = ["custom"] if args.data else args.case
     for name in cases:
         settings = {**COMMON, **CASES.get(name, {"target_lang": args.lang}), "model": args.model,
@@ -304,7 +290,7 @@ def main():
         cfg = build(ExperimentConfig, overrides=settings, source=f"case {name}")
         print(describe(name, cfg, args.grid_seeds, args.controller_seeds), flush=True)
         r = run_case(name, cfg, Path(args.out) / name, args.grid_seeds, args.controller_seeds, variants,
-                     args.data, args.adapters, args.report_only)
+                     args.data, args.adapters, args.report_only, args.verify_retrained)
         print(report(r), flush=True)
         if "curve" in r:
             print(f"  plot: {Path(args.out) / name / 'controller_vs_grid.png'}", flush=True)

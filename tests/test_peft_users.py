@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import cli
+from conftest import cli, run_cli
 from grasp_lora.cli import make_parser
 from grasp_lora.files import read_jsonl, write_jsonl
 
@@ -356,3 +356,52 @@ def test_one_run_mode_exports_the_controller_runs_best_weights(tmp_path, tiny_mo
     assert "| GRASP LoRA (one run) | 1 |" in (tmp_path / "report" / "results.md").read_text()
     runtime = (tmp_path / "report" / "runtime.md").read_text()
     assert "| GRASP LoRA (one run: the controller run's export) | qa | ar | 1 |" in runtime
+
+
+def test_report_to_ray_needs_a_tune_trial(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """Outside a Ray Tune trial `--report-to ray` has nowhere to report: one line saying so, exit 2."""
+    r = run_cli("finetune-merged", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
+                "--data", demo_data["ar"], "--lang", "ar", "--prune-ratio", 0.3, "--max-steps", 1,
+                "--out", tmp_path / "out", "--report-to", "ray")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "--report-to ray" in r.stderr and "not in one" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_report_to_ray_drives_asha(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """Inside Ray Tune trials, `report_to: ray` reports each epoch's val loss (the run's own val_log), which is what
+    ASHA stops trials on: no trial reports more epochs than it trained, the first runs them all."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from grasp_lora.config import FinetuneMergedConfig
+    from grasp_lora.files import RUN_NAME
+    from grasp_lora.final_run import finetune_merged
+
+    epochs, ratios = 3, [0.1, 0.5, 0.8]
+
+    def trainable(config):
+        finetune_merged(FinetuneMergedConfig(
+            model=str(tiny_model), adapters=[str(tiny_adapters["en"]), str(tiny_adapters["ar"])],
+            data=str(demo_data["ar"]), lang="ar", prune_ratio=config["p"], epochs=epochs, patience=0,
+            out=str(tmp_path / f"p{config['p']}"), report_to=["ray"], device="cpu"))
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        results = tune.Tuner(
+            trainable, param_space={"p": tune.grid_search(ratios)},
+            tune_config=tune.TuneConfig(metric="val_loss", mode="min", max_concurrent_trials=1,
+                                        scheduler=ASHAScheduler(max_t=epochs, grace_period=1, reduction_factor=2)),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    reported = {r.config["p"]: list(r.metrics_dataframe["val_loss"]) for r in results}
+    assert not any(r.error for r in results)
+    assert len(reported[ratios[0]]) == epochs  # alone at every rung: never stopped
+    for p, values in reported.items():
+        run = tmp_path / f"p{p}"
+        log = read_jsonl((run if (run / "val_log.jsonl").is_file() else run / RUN_NAME) / "val_log.jsonl")
+        assert 1 <= len(values) <= epochs
+        assert values == pytest.approx([r["val_loss"] for r in log][:len(values)], rel=1e-9)

@@ -143,7 +143,8 @@ class TrainOptions(Checked):
     resume: bool = opt(False, "continue the unfinished run in OUT/.grasp-lora-run (or a finished one) from its checkpoint")
     report_to: list[str] = opt(["none"], "also send loss, learning rate, val loss (and the controller's p, mu, sigma, "
                                          "rewards) to tensorboard (OUT/tensorboard) and/or wandb (offline unless "
-                                         "WANDB_MODE says otherwise), as transformers' report_to", choices=REPORT_TO)
+                                         "WANDB_MODE says otherwise), as transformers' report_to; `ray`: inside a Ray Tune trial, "
+                                         "each epoch's val loss to Tune (for schedulers such as ASHA)", choices=REPORT_TO)
 
     def check(self):
         above(self, "lr", 0)

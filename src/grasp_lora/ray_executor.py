@@ -18,42 +18,46 @@ import torch
 from .errors import UserError
 
 
-def run_stages(exp, trials: list[tuple[str, Callable[[Path], dict | None], dict]]) -> list[dict]:
+def connect(cfg) -> dict[str, float]:
+    """Start Ray here, or join the cluster at `ray_address` / RAY_ADDRESS; returns one trial's resources."""
     try:
         import ray
-        from ray import tune
     except ImportError:
         raise UserError('--executor ray needs Ray Tune: pip install "grasp-lora[ray]"') from None
+    workers = max(1, cfg.ray_workers)
+    cpus = cfg.ray_cpus_per_trial or max(1, (os.cpu_count() or 1) // workers)
+    gpus = cfg.ray_gpus_per_trial if cfg.ray_gpus_per_trial is not None else (1 if torch.cuda.device_count() else 0)
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        try:
+            if address:  # a running cluster: its nodes bring their own CPUs and GPUs
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(num_cpus=cpus * workers, num_gpus=torch.cuda.device_count(), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+        except ConnectionError as e:
+            raise UserError(f"--ray-address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]}); "
+                            "start it with `ray start --head` or leave the address out") from None
+    return {"cpu": cpus, "gpu": gpus}
 
+
+def run_stages(exp, trials: list[tuple[str, Callable[[Path], dict | None], dict]]) -> list[dict]:
     fns = {name: (fn, deps) for name, fn, deps in trials}
     pending = [name for name, (_, deps) in fns.items() if exp.done(name, deps) is None]
     if pending:
-        c = exp.cfg
-        workers = max(1, c.ray_workers)
-        cpus = c.ray_cpus_per_trial or max(1, (os.cpu_count() or 1) // workers)
-        gpus = c.ray_gpus_per_trial if c.ray_gpus_per_trial is not None else (1 if torch.cuda.device_count() else 0)
-        address = c.ray_address or os.environ.get("RAY_ADDRESS")
-        if not ray.is_initialized():
-            try:
-                if address:  # a running cluster: its nodes bring their own CPUs and GPUs
-                    ray.init(address=address, log_to_driver=False, configure_logging=False)
-                else:
-                    ray.init(num_cpus=cpus * workers, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                             log_to_driver=False, configure_logging=False)
-            except ConnectionError as e:
-                raise UserError(f"--ray-address {address}: cannot join the Ray cluster ({str(e).splitlines()[0]}); "
-                                "start it with `ray start --head` or leave the address out") from None
+        from ray import tune
+
+        resources = connect(exp.cfg)
 
         def trainable(config: dict) -> None:
-            torch.set_num_threads(cpus)
+            torch.set_num_threads(int(resources["cpu"]))
             info = exp.stage(config["stage"], *fns[config["stage"]])
             tune.report({"seconds": info["seconds"]})
 
-        resources = {"cpu": cpus, "gpu": gpus}
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space={"stage": tune.grid_search(pending)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+            tune_config=tune.TuneConfig(max_concurrent_trials=max(1, exp.cfg.ray_workers)),
             run_config=tune.RunConfig(name="trials", storage_path=str(exp.path("ray").resolve()), verbose=0),
         )
         errors = [r.error for r in tuner.fit() if r.error]

@@ -1,0 +1,225 @@
+"""GRASP's speed-up against the 8-point grid, and against what a practitioner would use instead, measured in one run.
+
+Every side trains with the same loop, data, hardware and stopping rules (a fixed number of epochs, val loss after
+each) from the same two adapters:
+
+  grid       the 8 final runs p in {0.1, ..., 0.8}, one seed; the winner (lowest val loss) is retrained with more
+             seeds for its seed-to-seed spread (not counted in its time)
+  GRASP      the controller run (`search`), then one final run at its p*
+  one-run    the same controller run, its own adapter exported at p* (`search --export-adapter`): one run
+  ASHA       the same 8 points as Ray Tune trials under the ASHA scheduler (successive halving on the val loss of
+             each epoch), one trial at a time on the same cores
+
+It prints each side's wall time (model loading included, adapters and data excluded: they are common), the
+speed-ups, and each side's quality: the val loss of its exported adapter (read back as PEFT loads it) and EM and
+token F1 on the test split. It also prints the unit costs behind the speed-up (seconds per trained example, per
+controller round) and what they predict at other run lengths: the probes cost a fixed amount per round, so
+GRASP's speed-up grows toward 4x (one-run: 8x) as runs get longer than the rounds.
+
+Default: the bundled demo corpus (en -> ar QA) on the packaged SmolLM2-135M, about an hour on 2 CPU cores
+(said in the output); `--data DIR --adapters SRC TGT` for any prepared target folder and adapters. Every stage
+writes done.json: rerun the same command to continue an interrupted benchmark.
+
+    python benchmarks/bench_speedup.py [--out runs/bench-speedup] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cases import GRID, check_adapters, data_and_adapters, final_run
+from grasp_lora.config import ExperimentConfig, SearchConfig, build
+from grasp_lora.demo import corpus_file
+from grasp_lora.files import RUN_NAME, read_jsonl
+from grasp_lora.pipeline import Experiment, search_batching
+from grasp_lora.report import grid_winner
+
+# The demo corpus's Arabic QA: 40 records to train on, 3 epochs of them per run (about 3 minutes on 2 cores).
+# The controller's round every K steps is set for
+# ROUNDS rounds per run: a round probes G + 1 = 4 micro-dev evaluations of 16 examples whatever K is, so rounds
+# every 10 examples (the authors' K at accumulation 1) would cost about twice the training itself.
+ROUNDS = 10
+DEFAULTS = dict(source_input=str(corpus_file("qa", "en")), target_input=str(corpus_file("qa", "ar")), target_lang="ar",
+                source_sizes="96,16,0,16", target_sizes="40,16,16,32", lr=1e-3, batch_size=2, grad_accum=3,
+                eval_batch_size=16, patience=0, epochs=3, max_steps=0, seed=42, checkpoint_every=20, max_length=512,
+                max_new_tokens=16, generate_batch_size=16, ray_workers=1)
+WINNER_SEEDS = [1337, 9001]
+GOALS = {"grasp": 3.5, "one_run": 6.5}
+
+
+def val_loss(exp: Experiment, data: str, adapter: str) -> float:
+    """The val loss of an exported adapter as PEFT loads it onto the base model (each example's mean target NLL)."""
+    from peft import PeftModel
+
+    from grasp_lora.config import TrainAdapterConfig
+    from grasp_lora.inputs import load_inputs
+    from grasp_lora.models import load_model
+    from grasp_lora.train import LossProbe
+
+    cfg = exp.train_cfg(TrainAdapterConfig, data=data, out=adapter)
+    inputs = load_inputs(cfg, ("val",))
+    model = PeftModel.from_pretrained(load_model(cfg.model, str(inputs.device), cfg.dtype), adapter)
+    return LossProbe(inputs.examples["val"], inputs.tok.pad_token_id, inputs.device, cfg.eval_batch_size)(model)
+
+
+def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reduction_factor: int) -> dict:
+    """The 8 grid points as Ray Tune trials under ASHA (successive halving on each epoch's val loss)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from grasp_lora.ray_executor import connect
+
+    cfg = exp.cfg
+    start = time.time()
+    resources = connect(cfg)  # one trial at a time on all the cores, as the other sides run
+    ray_start = time.time() - start
+
+    # absolute paths: Ray Tune runs each trial in a folder of its own
+    data, adapters, folder = str(Path(data).resolve()), [str(Path(a).resolve()) for a in adapters], folder.resolve()
+
+    def trainable(config: dict) -> None:
+        import torch
+
+        torch.set_num_threads(int(resources["cpu"]))
+        final_run(exp, data, adapters, config["p"], cfg.seed, folder / f"p{config['p']}", report_to=["ray"])
+
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=1,
+                              reduction_factor=reduction_factor)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources), param_space={"p": tune.grid_search(GRID)},
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", scheduler=scheduler, max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="asha", storage_path=str((folder / "ray").resolve()), verbose=0))
+    results = tuner.fit()
+    trials = {}
+    for r in results:
+        if r.error:
+            raise SystemExit(f"ASHA trial p={r.config['p']} failed: {str(r.error).splitlines()[-1]}")
+        trials[str(r.config["p"])] = [float(v) for v in r.metrics_dataframe["val_loss"]]
+    # what a practitioner keeps: the best of the trials that ran every epoch. ASHA stops a trial at its last
+    # report, before the run publishes its folder; its best-val adapter was written before that report.
+    complete = {p: min(v) for p, v in trials.items() if len(v) == cfg.epochs}
+    best = min(complete, key=complete.get)
+    return {"ray_start_seconds": ray_start, "epochs_per_trial": trials, "prune_ratio": float(best),
+            "adapter": str(folder / f"p{best}" / RUN_NAME / "adapter"), "reduction_factor": reduction_factor}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench-speedup")
+    ap.add_argument("--model", default="packaged:smollm2-135m")
+    ap.add_argument("--data", help="a prepared target data folder (with --adapters)")
+    ap.add_argument("--adapters", nargs=2, metavar=("SRC", "TGT"), help="trained source and target PEFT adapters")
+    ap.add_argument("--lang", default="ar", help="with --data: the target language")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="controller rounds per run (sets K)")
+    ap.add_argument("--asha-reduction-factor", type=int, default=4, help="ASHA's eta (Ray Tune's default: 4)")
+    ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option")
+    args = ap.parse_args()
+    if bool(args.data) != bool(args.adapters):
+        ap.error("--data and --adapters go together: a prepared target folder and the two adapters to merge")
+    settings = {**DEFAULTS, "model": args.model, **({"target_lang": args.lang} if args.data else {}),
+                **dict(kv.split("=", 1) for kv in args.set)}
+    cfg = build(ExperimentConfig, overrides=settings, source="bench_speedup")
+    out = Path(args.out)
+    exp = Experiment(cfg, out)
+    if args.adapters:
+        data, adapters = args.data, list(args.adapters)
+    else:
+        adapters = data_and_adapters(exp, exp.stage)
+        check_adapters(out, adapters)
+        data = str(exp.data["target"])
+    n_train = len(read_jsonl(Path(data) / "train.jsonl"))
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = cfg.epochs * math.ceil(n_train / per_step)
+    search_steps = cfg.epochs * n_train  # batch 1 x accumulation 1: one step per example
+    k = max(1, search_steps // args.rounds)
+    print(f"bench_speedup: {cfg.model}, {cfg.source_lang} -> {cfg.target_lang} qa, {n_train} train examples, "
+          f"{cfg.epochs} epochs per run ({steps} steps of batch {cfg.batch_size} x accumulation {cfg.grad_accum}; the "
+          f"controller run: {search_steps} steps of batch 1, a round every K = {k} steps, {args.rounds} rounds, "
+          f"G = {cfg.group_size}), lr {cfg.lr}, no early stopping; about an hour on 2 CPU cores", flush=True)
+
+    def run(p: float, seed: int):
+        def fn(d: Path) -> dict:
+            summary = final_run(exp, data, adapters, p, seed, d)
+            return {"val_loss": summary["best_val_loss"], "adapter": str(d / "adapter")}
+        return fn
+
+    # what every stage depends on: a rerun with other settings redoes the stages (Experiment.stage)
+    deps = json.loads(json.dumps({"settings": settings, "data": data, "adapters": adapters}))
+    grid = {p: exp.stage(f"grid/p{p}/seed{cfg.seed}", run(p, cfg.seed), deps) for p in GRID}
+    winner = grid_winner({p: [g["val_loss"]] for p, g in grid.items()})
+    spread = [grid[winner]] + [exp.stage(f"grid/p{winner}/seed{s}", run(winner, s), deps) for s in WINNER_SEEDS]
+
+    def controller(d: Path) -> dict:
+        from grasp_lora.controller_run import search
+
+        search_cfg = exp.train_cfg(SearchConfig, data=data, adapters=adapters, out=str(d), merge_form=cfg.merge_form,
+                                   criterion=cfg.search_criterion, export_adapter=True, resume=True,
+                                   **search_batching(cfg), round_every=k)
+        result, _ = search(search_cfg)
+        return {**result, "adapter": str(d / "adapter")}
+
+    search = exp.stage("grasp/search", controller, {**deps, "rounds": args.rounds})
+    final = exp.stage("grasp/final", run(search["prune_ratio"], cfg.seed), {**deps, "p": search["prune_ratio"]})
+    ashas = exp.stage("asha", lambda d: asha(exp, data, adapters, d, args.asha_reduction_factor),
+                      {**deps, "reduction_factor": args.asha_reduction_factor})
+
+    sides = {"grid": ([grid[p]["seconds"] for p in GRID], grid[winner]["adapter"], winner),
+             "grasp": ([search["seconds"], final["seconds"]], final["adapter"], search["prune_ratio"]),
+             "one_run": ([search["seconds"]], search["adapter"], search["prune_ratio"]),
+             "asha": ([ashas["seconds"]], ashas["adapter"], ashas["prune_ratio"])}
+    quality = {}
+    for name, (_, adapter, _) in sides.items():
+        def scored(d: Path, adapter=adapter) -> dict:
+            exp.evaluate_into(d, adapter)
+            return {"val_loss": val_loss(exp, data, adapter), **json.loads((d / "metrics.json").read_text())}
+        quality[name] = exp.stage(f"quality/{name}", scored, {**deps, "adapter": adapter})
+
+    grid_s = sum(sides["grid"][0])
+    seeds_val = [s["val_loss"] for s in spread]
+    lo, hi = min(seeds_val), max(seeds_val)
+    print("grid val loss: " + "  ".join(f"{p}:{grid[p]['val_loss']:.4f}" for p in GRID))
+    print(f"grid winner p = {winner}: val loss over seeds {cfg.seed}, {', '.join(map(str, WINNER_SEEDS))}: "
+          + ", ".join(f"{v:.4f}" for v in seeds_val) + f" (spread {lo:.4f}..{hi:.4f})")
+    print(f"{'side':<9}{'runs':>5}{'wall min':>10}{'speed-up':>10}{'p':>7}{'val loss':>10}{'EM':>7}{'F1':>7}  "
+          "within the winner's seed spread")
+    for name, (seconds, _, p) in sides.items():
+        q = quality[name]
+        runs = {"grid": 8, "grasp": 2, "one_run": 1, "asha": sum(len(v) for v in ashas["epochs_per_trial"].values())
+                / cfg.epochs}[name]
+        within = "yes" if q["val_loss"] <= hi else f"no (+{q['val_loss'] - hi:.4f})"
+        print(f"{name:<9}{runs:>5.2g}{sum(seconds) / 60:>10.2f}{grid_s / sum(seconds):>9.2f}x{p:>7.3f}"
+              f"{q['val_loss']:>10.4f}{q['exact_match']:>7.2f}{q['f1']:>7.2f}  {within}")
+    for name, goal in GOALS.items():
+        got = grid_s / sum(sides[name][0])
+        print(f"goal {name}: >= {goal}x -> {got:.2f}x, {'met' if got >= goal else 'NOT met'}")
+
+    # the unit costs behind those numbers, and what they predict for longer runs at the same number of rounds
+    examples = cfg.epochs * n_train
+    t_grid = grid_s / (len(GRID) * examples)  # per trained example of a grid run (its loading and evals included)
+    t_search = (search["seconds"] - search["probe_seconds"]) / examples  # the controller run's, less its probes
+    t_round = search["probe_seconds"] / max(1, search["rounds"])
+    print(f"unit costs: {t_grid:.3f} s per trained example in a grid run, {t_search:.3f} s in the controller run "
+          f"less its probes, {t_round:.1f} s of probes per round ({search['rounds']} rounds: "
+          f"{search['probe_seconds'] / search['seconds']:.0%} of the controller run)")
+    for n in sorted({examples, 1000, 3000, 10000}):
+        one_run = n * t_search + search["rounds"] * t_round
+        print(f"  predicted at {n} trained examples per run, {search['rounds']} rounds: GRASP "
+              f"{8 * n * t_grid / (one_run + n * t_grid):.2f}x, one-run {8 * n * t_grid / one_run:.2f}x")
+    per_trial = ashas["epochs_per_trial"]
+    print(f"ASHA (reduction factor {ashas['reduction_factor']}, grace 1 epoch, max {cfg.epochs}): epochs run per p "
+          + " ".join(f"{p}:{len(v)}" for p, v in per_trial.items()) + f"; Ray start {ashas['ray_start_seconds']:.1f} s")
+    a, g = quality["asha"], quality["grasp"]
+    faster = "faster" if ashas["seconds"] < sum(sides["grasp"][0]) else "slower"
+    better = "better" if a["val_loss"] < g["val_loss"] else "worse"
+    print(f"ASHA against GRASP: {faster} ({ashas['seconds'] / 60:.2f} against {sum(sides['grasp'][0]) / 60:.2f} min) "
+          f"and {better} on val loss ({a['val_loss']:.4f} against {g['val_loss']:.4f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""What the benchmarks share: the real data they read and the first two stages of every case (the target and
+source splits, then the two adapters that get merged)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+from grasp_lora.config import DataPrepareConfig, ExperimentConfig, FinetuneMergedConfig, TrainAdapterConfig
+from grasp_lora.data.prepare import prepare_data
+from grasp_lora.files import write_json
+from grasp_lora.pipeline import Experiment
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+MLQA = SHARED / "mlqa-v1-dev"
+GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+
+# Adapters trained this many steps: with adapters trained 30 steps the merged adapter is already good and every
+# extra pruned entry costs val loss (the demo grid's best at p = 0.1, the end of the range); with 10-step
+# adapters the best lies inside it, as in the paper.
+ADAPTER_STEPS = 10
+
+
+def data_and_adapters(exp: Experiment, stage: Callable) -> list[str]:
+    """Prepare both sides' splits and train both adapters through `stage` (Experiment.stage, or a reader of
+    finished stages); returns the adapters' folders."""
+    from grasp_lora.adapter_training import train_adapter
+
+    cfg: ExperimentConfig = exp.cfg
+    sides = (("source", cfg.source_lang), ("target", cfg.target_lang))
+    for side, lang in sides:
+        stage(f"data/{side}", lambda d, side=side, lang=lang: prepare_data(DataPrepareConfig(
+            dataset="mlqa", lang=lang, input=getattr(cfg, f"{side}_input"), out=str(d), seed=cfg.seed,
+            sizes=getattr(cfg, f"{side}_sizes"), scale_down=True)))
+    for side, lang in sides:
+        stage(f"adapters/{side}", lambda d, side=side, lang=lang: train_adapter(exp.train_cfg(
+            TrainAdapterConfig, lang=lang, data=str(exp.data[side]), out=str(d), resume=True,
+            max_steps=ADAPTER_STEPS)))
+    return exp.adapters
+
+
+def final_run(exp: Experiment, data: str, adapters: list[str], p: float, seed: int, out: Path, **options) -> dict:
+    """One final (grid) run at prune ratio p, resumable; its training summary."""
+    from grasp_lora.final_run import finetune_merged
+
+    cfg = exp.cfg
+    summary, _ = finetune_merged(exp.train_cfg(
+        FinetuneMergedConfig, data=data, adapters=adapters, prune_ratio=p, seed=seed, out=str(out),
+        merge_form=cfg.merge_form, criterion=cfg.final_criterion, reprune=cfg.reprune, resume=True, **options))
+    return summary
+
+
+def adapter_fingerprint(adapter: str) -> dict:
+    """The sha256 of an adapter's weights, and per tensor its L2 norm, sum and sum of absolute values: the same
+    recipe retrained on another CPU gives other bits (float rounding) but the same statistics to a few digits."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(adapter) / "adapter_model.safetensors"
+    tensors = load_file(path)
+    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "stats": {k: [float(t.double().norm()), float(t.double().sum()), float(t.double().abs().sum())]
+                      for k, t in sorted(tensors.items()) if t.dtype in (torch.float32, torch.float16, torch.bfloat16)}}
+
+
+def check_adapters(out: Path, adapters: list[str], rtol: float = 1e-3) -> None:
+    """The adapters every stage of a case rests on, by content (adapters.json, written on the first run). A later
+    session retrains them (runs/ is not kept): the same bytes, or -- on another CPU -- the same statistics within
+    `rtol` (said in the output), or the case stops rather than mix two sets of adapters. Kept state:
+    benchmarks/state/ (copy it to --out to continue a case)."""
+    now = {Path(a).name: adapter_fingerprint(a) for a in adapters}
+    record, legacy = out / "adapters.json", out / "adapters.sha256.json"
+    if not record.is_file() and legacy.is_file():  # stages recorded before adapters.json: by sha256 alone
+        if json.loads(legacy.read_text()) != {n: f["sha256"] for n, f in now.items()}:
+            raise SystemExit(f"{out}: the retrained adapters differ in bits from the ones the finished stages used, "
+                             f"known only by sha256 ({legacy}); rerun with --verify-retrained to compare a grid point")
+    if record.is_file():
+        kept = json.loads(record.read_text())
+        if any(kept[n]["sha256"] != now[n]["sha256"] for n in now):
+            worst = max(abs(a - b) / max(abs(b), 1e-12) for n in now for k, vals in kept[n]["stats"].items()
+                        for a, b in zip(now[n]["stats"][k], vals))
+            if worst > rtol:
+                raise SystemExit(f"{out}: the retrained adapters differ from the ones the finished stages used "
+                                 f"({record}: largest relative difference of a tensor statistic {worst:.2e}); "
+                                 "start the case afresh in another --out")
+            print(f"  {out.name}: retrained adapters differ in bits from the recorded ones (float rounding on this CPU);"
+                  f" tensor statistics agree within {worst:.1e} (tolerance {rtol:g})", flush=True)
+        return
+    write_json(record, now)
