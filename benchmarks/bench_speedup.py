@@ -94,19 +94,21 @@ def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reductio
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources), param_space={"p": tune.grid_search(GRID)},
         tune_config=tune.TuneConfig(metric="val_loss", mode="min", scheduler=scheduler, max_concurrent_trials=1),
-        run_config=tune.RunConfig(name="asha", storage_path=str((folder / "ray").resolve()), verbose=0))
+        run_config=tune.RunConfig(name="asha", storage_path=str(folder / "ray"), verbose=0))
     results = tuner.fit()
     trials = {}
     for r in results:
         if r.error:
             raise SystemExit(f"ASHA trial p={r.config['p']} failed: {str(r.error).splitlines()[-1]}")
         trials[str(r.config["p"])] = [float(v) for v in r.metrics_dataframe["val_loss"]]
-    # what a practitioner keeps: the best of the trials that ran every epoch. ASHA stops a trial at its last
-    # report, before the run publishes its folder; its best-val adapter was written before that report.
+    # what a practitioner keeps: the best of the trials that ran every epoch. ASHA usually stops a trial at its
+    # last report, before the run publishes its folder; its best-val adapter was written before that report.
     complete = {p: min(v) for p, v in trials.items() if len(v) == cfg.epochs}
     best = min(complete, key=complete.get)
+    run = folder / f"p{best}"
+    adapter = run / "adapter" if (run / "adapter").is_dir() else run / RUN_NAME / "adapter"
     return {"ray_start_seconds": ray_start, "epochs_per_trial": trials, "prune_ratio": float(best),
-            "adapter": str(folder / f"p{best}" / RUN_NAME / "adapter"), "reduction_factor": reduction_factor}
+            "adapter": str(adapter), "reduction_factor": reduction_factor}
 
 
 def main():
