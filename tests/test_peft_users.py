@@ -192,6 +192,62 @@ def test_one_base_model_by_any_name(tmp_path, capsys, monkeypatch, tiny_model, t
                demo_data["ar"], "--lang", "ar", "--prune-ratio", 0, "--max-steps", 1, "--out", tmp_path / "ft") == 0
 
 
+
+def hub_cache_copy(cache: Path, repo_id: str, model: Path) -> Path:
+    """`model` laid out as huggingface_hub caches a download of `repo_id`: content-addressed blobs, a snapshot
+    folder of links to them, refs/main naming the snapshot. Returns the snapshot folder."""
+    import hashlib
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for f in model.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, blob)
+        (snapshot / f.name).symlink_to(Path("../..") / "blobs" / blob.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_hub_id_and_its_local_cache_are_one_base(tmp_path, capsys, caplog, monkeypatch, tiny_model, tiny_qwen,
+                                                   tiny_adapters, demo_data):
+    """An adapter made for a hub id is used with the local copy the Hugging Face cache holds of it (and the
+    reverse) without a refusal or a network call; another model is still refused, naming both."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = hub_cache_copy(tmp_path / "hub", "someorg/tiny-llama", tiny_model)
+    by_id, by_path = tmp_path / "by-id", tmp_path / "by-path"
+    for folder, base in ((by_id, "someorg/tiny-llama"), (by_path, str(snapshot))):
+        shutil.copytree(tiny_adapters["ar"], folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base}))
+    common = ["--data", demo_data["ar"], "--lang", "ar", "--limit", 1, "--max-new-tokens", 2]
+    # the hub id's cached copy, the original folder it was copied from, and (reverse) the hub id for a path
+    assert cli("generate", "--model", snapshot, "--adapter", by_id, *common, "--out", tmp_path / "a.jsonl") == 0
+    assert cli("generate", "--model", tiny_model, "--adapter", by_id, *common, "--out", tmp_path / "b.jsonl") == 0
+    # the reverse: an adapter that records the cached folder, used with the hub id (loaded from the cache, offline)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert cli("generate", "--model", "someorg/tiny-llama", "--adapter", by_path, *common,
+               "--out", tmp_path / "r.jsonl") == 0
+    assert [r["prediction"] for r in read_jsonl(tmp_path / "r.jsonl")] == \
+        [r["prediction"] for r in read_jsonl(tmp_path / "b.jsonl")]
+    assert "cannot check offline" not in caplog.text  # each was checked, not waved through
+    capsys.readouterr()
+    assert cli("generate", "--model", tiny_qwen, "--adapter", by_id, *common, "--out", tmp_path / "q.jsonl") == 2
+    err = capsys.readouterr().err
+    assert f"is not the base model {by_id} was made for (someorg/tiny-llama)" in err and len(err.strip().splitlines()) == 1
+    # a hub id that is not in the cache cannot be checked offline: a warning, not a refusal
+    shutil.rmtree(tmp_path / "hub")
+    assert cli("generate", "--model", tiny_model, "--adapter", by_id, *common, "--out", tmp_path / "c.jsonl") == 0
+    assert "cannot check offline that someorg/tiny-llama" in caplog.text
+
 def test_the_adapters_base_is_the_default_model(tmp_path, capsys, tiny_model, tiny_adapters, demo_data):
     """No --model: the base the adapter records is loaded (not the packaged default), as PEFT does."""
     preds = tmp_path / "p.jsonl"

@@ -116,3 +116,22 @@ def test_report_on_the_standalone_commands_folders(tmp_path, monkeypatch, tiny_m
     runtime = (tmp_path / "report" / "runtime.md").read_text()
     grasp = next(line for line in runtime.splitlines() if line.startswith("| GRASP"))
     assert grasp.split(" | ")[3] == "2"  # the controller run and the final run
+
+
+def test_metrics_plot_shows_an_unavailable_metric_as_missing(tmp_path, monkeypatch):
+    """metrics.png: a metric that could not be computed (BERTScore without its encoder) has no bar, not a bar at
+    0, and is labelled n/a; the others are drawn at their values."""
+    from grasp_lora import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path: figures.append(fig))
+    row = lambda method, em, bs: {"task": "qa", "lang": "ar", "method": method, "label": method, "bertscore_f1": bs,
+                                  "bertscore_f1_std": None, "exact_match": em, "exact_match_std": 1.5, "f1": em + 5,
+                                  "f1_std": None}
+    report.plot_metrics([row("alm", 40.0, None), row("grasp", 45.0, 80.0)], tmp_path / "metrics.png")
+    (ax,) = figures[0].axes
+    heights = [[b.get_height() for b in c] for c in ax.containers if hasattr(c, "patches")]
+    assert heights[0][1:] == [40.0, 45.0] and heights[0][0] != heights[0][0]  # NaN: no bar drawn
+    assert heights[1] == [80.0, 45.0, 50.0]
+    labels = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert len(labels) == 1 and labels[0].get_position()[0] == pytest.approx(0.0)
