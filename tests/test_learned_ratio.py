@@ -38,12 +38,13 @@ def ar50(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
-def test_long_search_has_no_zero_reward_ties(tmp_path, tiny_model, trained_adapters, demo_data):
+@pytest.mark.parametrize("reset", ["keep", "train"])
+def test_long_search_has_no_zero_reward_ties(tmp_path, tiny_model, trained_adapters, demo_data, reset):
     """Every candidate whose mask differs from the committed one is really measured: its reward is not 0."""
     out = tmp_path / "s"
     assert cli("search", "--model", tiny_model, "--adapters", trained_adapters["en"], trained_adapters["ar"],
                "--data", demo_data["ar"], "--lang", "ar", "--out", out, "--max-steps", 12, "--round-every", 1,
-               "--lr", "1e-2", "--group-size", 3) == 0
+               "--lr", "1e-2", "--group-size", 3, "--reset", reset) == 0
     history = read_jsonl(out / "history.jsonl")
     assert len(history) >= 10
     different = 0

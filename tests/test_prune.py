@@ -144,6 +144,44 @@ def test_masked_entries_are_ranked_by_their_revival_value(tiny_model, tiny_adapt
         assert torch.equal(scores[name][pruned], expected[pruned].abs())
 
 
+def test_reset_train_keeps_masked_entries_training_on_the_straight_through_gradient(tiny_model, tiny_adapters):
+    """`--reset train`: the forward sees w * mask exactly, masked entries still get their gradient and move, a trial
+    revives them at their current (trained) value and reverts bit-exactly; a commit only swaps masks."""
+    model = merged_model(tiny_model, tiny_adapters)
+    with pytest.raises(ValueError, match="straight_through"):
+        prune.commit_masks(model, prune.masks_for_ratio(prune.magnitude_scores(model), 0.5), "train")
+    prune.straight_through(model)
+    prune.commit_masks(model, prune.masks_for_ratio(prune.magnitude_scores(model), 0.5), "train")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(3, 500, (2, 12))
+    before = {n: l.param(s).detach().clone() for n, l, s in prune.tensors(model)}
+    model(input_ids=ids).logits.pow(2).mean().backward()
+    for name, layer, slot in prune.tensors(model):
+        pruned = ~layer.mask(slot)
+        assert torch.equal(layer.masked(slot), layer.param(slot) * layer.mask(slot))  # the forward's value
+        assert (layer.param(slot).grad[pruned] != 0).any()  # ... and a gradient where masked
+    opt.step()
+    for name, layer, slot in prune.tensors(model):
+        pruned = ~layer.mask(slot)
+        assert not torch.equal(layer.param(slot)[pruned], before[name][pruned])  # masked entries trained
+    model.eval()
+    base_logits, base_state = model(input_ids=ids).logits, snapshot(model)
+    lower = prune.masks_for_ratio(prune.magnitude_scores(model), 0.2)
+    with prune.trial(model, lower):
+        for name, layer, slot in prune.tensors(model):
+            assert torch.equal(layer.masked(slot)[lower[name]], layer.param(slot)[lower[name]])  # current values
+        assert not torch.equal(model(input_ids=ids).logits, base_logits)
+    assert all(torch.equal(x, y) for a, b in zip(base_state, snapshot(model)) for x, y in zip(a, b))
+    trained = {n: l.param(s).detach().clone() for n, l, s in prune.tensors(model)}
+    assert prune.commit_masks(model, lower, "train") == 0  # un-pruning only: no value changes
+    assert all(torch.equal(l.param(s), trained[n]) for n, l, s in prune.tensors(model))
+    # what is exported (factors) holds 0 at masked entries, the trained values elsewhere
+    layer = next(iter(prune.merged_layers(model).values()))
+    A = layer.factors()[1]
+    assert torch.equal(A, torch.cat([layer.param(f"A{i}") * layer.mask(f"A{i}") for i in range(2)]))
+    assert (A == 0).sum() >= (~torch.cat([layer.mask(f"A{i}") for i in range(2)])).sum() > 0
+
+
 def test_sensitivity_scores_after_gradients(tiny_model, tiny_adapters):
     model = merged_model(tiny_model, tiny_adapters)
     tracker = prune.CRITERIA["sensitivity"](model, batches=lambda: [])

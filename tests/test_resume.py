@@ -33,12 +33,13 @@ def command(kind, tiny_model, tiny_adapters, demo_data, out):
               "--grad-accum", 2, "--checkpoint-every", 1, "--lr", "1e-3", "--epochs", 3, "--patience", 0]
     ads = ["--adapters", tiny_adapters["en"], tiny_adapters["ar"]]
     return {"search": ["search", *common, *ads, "--round-every", 2],
+            "search-reset-train": ["search", *common, *ads, "--round-every", 2, "--reset", "train"],
             "finetune-merged": ["finetune-merged", *common, *ads, "--prune-ratio", 0.5, "--criterion", "sensitivity"],
             "train-adapter": ["train-adapter", *common]}[kind]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["search", "finetune-merged", "train-adapter"])
+@pytest.mark.parametrize("kind", ["search", "search-reset-train", "finetune-merged", "train-adapter"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_adapters, demo_data, kind):
     ref = tmp_path / "ref"
     assert cli(*command(kind, tiny_model, tiny_adapters, demo_data, ref)) == 0
@@ -48,9 +49,10 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_ada
         killed(kill_at, *command(kind, tiny_model, tiny_adapters, demo_data, out))
         assert (out / RUN_NAME / "checkpoint.pt").is_file() and not (out / "checkpoint.pt").exists()
         assert cli(*command(kind, tiny_model, tiny_adapters, demo_data, out), "--resume") == 0
-        for log in ("train_log.jsonl", "val_log.jsonl") + (("history.jsonl",) if kind == "search" else ()):
+        searching = kind.startswith("search")
+        for log in ("train_log.jsonl", "val_log.jsonl") + (("history.jsonl",) if searching else ()):
             assert without_time(read_jsonl(out / log)) == without_time(read_jsonl(ref / log)), (kill_at, log)
-        if kind == "search":
+        if searching:
             a, b = (json.loads((d / "ratio.json").read_text()) for d in (out, ref))
             assert without_time([a]) == without_time([b])
         else:

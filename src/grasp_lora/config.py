@@ -213,7 +213,9 @@ class PruneOptions(Checked):
     scope: str = opt("per_tensor", "per_tensor: drop the ratio in every A_i and B_i; global: one threshold for all",
                      choices=SCOPES)
     reset: str = opt("keep", "the value a pruned entry has when a trial or a commit revives it: keep (its value when "
-                             "pruned, the authors' stash), zero, or init (its loaded value)", choices=RESETS)
+                             "pruned, the authors' stash), zero, init (its loaded value), or train (masked entries "
+                             "keep training on the straight-through gradient; revived at their current value)",
+                     choices=RESETS)
 
 
 @dataclass(kw_only=True)

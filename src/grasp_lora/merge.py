@@ -7,7 +7,9 @@ the adapters' tensors, (As, Bs, scales) -> (B, A) of one equivalent LoRA, used t
 - `paper` (the authors' code): dW = (sum_i B_i)(sum_i A_i), no scaling, equal ranks
 
 Masks (prune.py) are applied in the forward as w * mask, so masked entries also get zero gradient. Each
-tensor has a `stash` beside it: the value a masked entry takes when a trial or a commit revives it.
+tensor has a `stash` beside it: the value a masked entry takes when a trial or a commit revives it. With
+`straight_through` (prune reset `train`) masked entries instead stay in the weight and keep training on the
+straight-through gradient: the forward still sees w * mask.
 Dropout, as PEFT: one per adapter in the `sum` form (each adapter's own rate); the `paper` form has one
 on the shared input, none by default (the authors' code has none).
 Tensors only: reading, checking and writing adapter files is adapter_io.py's job.
@@ -79,6 +81,7 @@ class MergedLoraLinear(nn.Module):
         self.lora_B = nn.ParameterList([nn.Parameter(b.clone().float().to(dev)) for b in Bs])
         self.scales = list(scales)
         self.dropouts = nn.ModuleList([nn.Dropout(p) if p > 0 else nn.Identity() for p in dropouts])
+        self.straight_through = False
         for slot in self.slots():
             self.register_buffer(f"mask_{slot}", torch.ones_like(self.param(slot), dtype=torch.bool), persistent=False)
             self.register_buffer(f"stash_{slot}", torch.zeros_like(self.param(slot)), persistent=False)
@@ -101,10 +104,15 @@ class MergedLoraLinear(nn.Module):
 
     def full(self, slot: str) -> torch.Tensor:
         """Every entry at the value it has when kept: the live weight, or the stash where masked."""
+        if self.straight_through:
+            return self.param(slot)
         return torch.where(self.mask(slot), self.param(slot), self.stash(slot))
 
     def masked(self, slot: str) -> torch.Tensor:
-        return self.param(slot) * self.mask(slot)
+        w, m = self.param(slot), self.mask(slot)
+        if self.straight_through:  # the value w * m exactly (w - w = 0), the gradient of w unmasked
+            return w + (w * m - w).detach()
+        return w * m
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, A) of one equivalent LoRA: dW = B @ A (scales folded into B)."""

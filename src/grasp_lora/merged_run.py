@@ -74,6 +74,8 @@ class PruneHooks(Hooks):
         self.setup, self.cfg = setup, cfg
         self.optimizer: torch.optim.Optimizer | None = None
         self.initial = prune.initial_values(setup.model) if cfg.reset == "init" else None
+        if cfg.reset == "train":
+            prune.straight_through(setup.model)
         train = setup.examples["train"]
         self.criterion = prune.CRITERIA[cfg.criterion](setup.model, lambda: batches(
             train, setup.tok.pad_token_id, setup.device, cfg.eval_batch_size))

@@ -7,7 +7,9 @@ Pruned values are kept (the authors' "stash"). A masked entry is 0 in its weight
 holds the value it takes when revived: under `keep` (default) its value when it was pruned, under `init`
 its loaded value, under `zero` 0. A trial (`trial`) revives the stashed entries its mask keeps and
 reverts exactly afterwards; a commit stashes and zeroes the newly pruned entries (and their AdamW moments,
-only theirs) and revives the un-pruned ones.
+only theirs) and revives the un-pruned ones. Under `train` (`straight_through`) nothing is stashed: a masked
+entry stays in its weight and keeps training on the straight-through gradient (the gradient it would get if
+kept), so a trial or a commit revives it at a current value instead of the one it had when pruned.
 
 Criteria are registered by name in CRITERIA (`@criterion`): a stateless one is a function model -> scores, one
 that learns from training (statistics over steps or data) a Criterion subclass. Each scores every entry at the
@@ -28,7 +30,7 @@ from .merge import MergedLoraLinear, merged_layers
 log = logging.getLogger(__name__)
 
 SCOPES = ("per_tensor", "global")
-RESETS = ("keep", "zero", "init")
+RESETS = ("keep", "zero", "init", "train")
 REPRUNE = ("every_step", "once")  # a final run re-scores and re-prunes after every optimizer step, or prunes once
 
 Masks = dict[str, torch.Tensor]  # tensor name "module.A0" -> bool keep-mask
@@ -266,6 +268,12 @@ def set_masks(model, masks: Masks) -> None:
         layer.set_mask(slot, masks[name])
 
 
+def straight_through(model) -> None:
+    """Reset `train`: masked entries keep training on the straight-through gradient (set before training)."""
+    for layer in merged_layers(model).values():
+        layer.straight_through = True
+
+
 @contextmanager
 def trial(model, masks: Masks):
     """Evaluate the model under `masks` with every entry they keep at its true value (stashed entries
@@ -274,7 +282,8 @@ def trial(model, masks: Masks):
     with torch.no_grad():
         for name, layer, slot in tensors(model):
             old = layer.mask(slot).clone()
-            revived = masks[name].to(old.device) & ~old
+            # a straight-through weight holds its masked entries' values already
+            revived = torch.zeros_like(old) if layer.straight_through else masks[name].to(old.device) & ~old
             layer.param(slot)[revived] = layer.stash(slot)[revived]
             layer.set_mask(slot, masks[name])
             changed.append((layer, slot, old, revived))
@@ -292,12 +301,19 @@ def commit_masks(model, masks: Masks, reset: str = "keep", optimizer: torch.opti
                  initial: dict[str, torch.Tensor] | None = None) -> int:
     """Make `masks` the model's masks. Newly pruned entries are stashed (`reset`: keep their value, or
     zero, or init = their loaded value from `initial`), set to 0 and lose their AdamW moments; entries
-    the new masks keep again take their stashed value. Returns how many entries were newly pruned."""
+    the new masks keep again take their stashed value. Under `train` only the masks change (the model must be
+    `straight_through`). Returns how many entries were newly pruned."""
     if reset not in RESETS:
         raise ValueError(f"reset {reset!r}: choose one of {', '.join(RESETS)}")
     newly = 0
     for name, layer, slot in tensors(model):
         old, new = layer.mask(slot), masks[name].to(layer.mask(slot).device)
+        if reset == "train":
+            if not layer.straight_through:
+                raise ValueError("reset 'train' needs prune.straight_through(model) before training")
+            newly += int((old & ~new).sum())
+            layer.set_mask(slot, new)
+            continue
         p, stash = layer.param(slot), layer.stash(slot)
         revived, pruned_now = new & ~old, old & ~new
         p[revived] = stash[revived]
