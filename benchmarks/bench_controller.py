@@ -57,7 +57,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
     """NAME:key=value,key=value -> controller options of one more set of controller runs."""
     name, _, rest = text.partition(":")
     opts = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
-    build(SearchConfig, overrides=opts, source=f"--variant {name}")  # checks names, types and choices now
+    # check names, types and choices now (the case fills data, lang, adapters and out later)
+    build(SearchConfig, overrides={"data": "d", "lang": "ar", "adapters": ["a", "b"], "out": "o", **opts},
+          source=f"--variant {name}")
     return name, opts
 
 
