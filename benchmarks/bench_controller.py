@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import ADAPTER_STEPS, GRID, MLQA, check_adapters, data_and_adapters, final_run
+from cases import ADAPTER_STEPS, GRID, MLQA, check_adapters, data_and_adapters, final_run, keep_state
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
 from grasp_lora.controller import RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.demo import corpus_file
@@ -238,25 +238,6 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
-STAGE_RECORDS = ("done.json", "history.jsonl", "ratio.json")
-
-
-def keep_state(out: Path, keep: Path) -> None:
-    """The small records of every finished grid and controller stage, and the adapters' fingerprints (data and
-    adapters are remade: cheap, and checked against them, cases.check_adapters)."""
-    import shutil
-
-    kept = [f for f in out.glob("*/adapters.json")]
-    for done in [*out.glob("*/grid/*/*/done.json"), *out.glob("*/search/*/*/done.json")]:
-        kept += [done.parent / name for name in STAGE_RECORDS if (done.parent / name).is_file()]
-    for f in kept:
-        target = keep / f.relative_to(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f, target)
-    print(f"kept {len(kept)} files in {keep}; continue with `cp -r {keep}/. {out}/ && OMP_NUM_THREADS=1 "
-          "python benchmarks/bench_controller.py --case ...`")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", nargs="+", default=["mlqa-ar", "mlqa-zh", "demo"], choices=sorted(CASES) + ["custom"])
@@ -280,7 +261,8 @@ def main():
                     "into --out and continues where this one stopped (runs/ is not kept between sessions)")
     args = ap.parse_args()
     if args.keep_state:
-        keep_state(Path(args.out), Path(args.keep_state))
+        keep_state(Path(args.out), Path(args.keep_state), ["*/grid/*/*", "*/search/*/*"],
+                   "python benchmarks/bench_controller.py --case ...")
         return
     variants = dict([("default", {})] + [parse_variant(v) for v in args.variant])
     if bool(args.data) != bool(args.adapters):

@@ -10,17 +10,23 @@ each) from the same two adapters:
   ASHA       the same 8 points as Ray Tune trials under the ASHA scheduler (successive halving on the val loss of
              each epoch), one trial at a time on the same cores
 
-It prints each side's wall time (model loading included, adapters and data excluded: they are common), the
+It prints each side's wall time (model loading included; adapters, data and scoring excluded: they are common), the
 speed-ups, and each side's quality: the val loss of its exported adapter (read back as PEFT loads it) and EM and
 token F1 on the test split. It also prints the unit costs behind the speed-up (seconds per trained example, per
 controller round) and what they predict at other run lengths: the probes cost a fixed amount per round, so
 GRASP's speed-up grows toward 4x (one-run: 8x) as runs get longer than the rounds.
 
 Default: the bundled demo corpus (en -> ar QA) on the packaged SmolLM2-135M, about an hour on 2 CPU cores
-(said in the output); `--data DIR --adapters SRC TGT` for any prepared target folder and adapters. Every stage
-writes done.json: rerun the same command to continue an interrupted benchmark.
+(the output says its estimate); `--data DIR --adapters SRC TGT` for any prepared target folder and adapters.
+Every stage writes done.json, and scores its own adapter before it ends: rerun the same command to continue an
+interrupted benchmark; `--keep-state DIR` copies the finished stages' records out of runs/ (not kept between
+sessions), for a benchmark longer than a session. The run that tests the goals at a longer scale (all 176 train
+records of the demo corpus, 4 epochs: about 4 hours without ASHA) is
 
-    python benchmarks/bench_speedup.py [--out runs/bench-speedup] [--set key=value ...]
+    python benchmarks/bench_speedup.py --out runs/bench-speedup-long --no-asha \
+        --set target_sizes=176,16,16,32 --set epochs=4
+
+    python benchmarks/bench_speedup.py [--out runs/bench-speedup] [--set key=value ...] [--no-asha]
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from cases import GRID, check_adapters, data_and_adapters, final_run
+from cases import GRID, check_adapters, data_and_adapters, final_run, keep_state
 from grasp_lora.config import ExperimentConfig, SearchConfig, build
 from grasp_lora.demo import corpus_file
 from grasp_lora.files import RUN_NAME, read_jsonl
@@ -51,6 +58,9 @@ DEFAULTS = dict(source_input=str(corpus_file("qa", "en")), target_input=str(corp
                 max_new_tokens=16, generate_batch_size=16, ray_workers=1)
 WINNER_SEEDS = [1337, 9001]
 GOALS = {"grasp": 3.5, "one_run": 6.5}
+# measured on the demo corpus (2026-11-24, 2 CPU cores): a grid run's seconds per trained example, a probe round's
+# seconds; only for the duration the output announces
+SECONDS_PER_EXAMPLE, SECONDS_PER_ROUND = 1.54, 25.7
 
 
 def val_loss(exp: Experiment, data: str, adapter: str) -> float:
@@ -68,6 +78,20 @@ def val_loss(exp: Experiment, data: str, adapter: str) -> float:
     return LossProbe(inputs.examples["val"], inputs.tok.pad_token_id, inputs.device, cfg.eval_batch_size)(model)
 
 
+def timed(fn: Callable, *args, **kwargs) -> tuple:
+    """fn's result and its wall seconds."""
+    start = time.time()
+    return fn(*args, **kwargs), time.time() - start
+
+
+def quality(exp: Experiment, data: str, adapter: str, folder: Path) -> dict:
+    """An exported adapter's val loss as PEFT loads it, and its EM and F1 on the test split (predictions in folder).
+    Each stage scores its own adapter before it ends, so a later session needs the stage's record, not its files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exp.evaluate_into(folder, adapter)
+    return {"val_loss": val_loss(exp, data, adapter), **json.loads((folder / "metrics.json").read_text())}
+
+
 def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reduction_factor: int) -> dict:
     """The 8 grid points as Ray Tune trials under ASHA (successive halving on each epoch's val loss)."""
     from ray import tune
@@ -79,10 +103,9 @@ def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reductio
     start = time.time()
     resources = connect(cfg)  # one trial at a time on all the cores, as the other sides run
     ray_start = time.time() - start
-
-    # absolute paths: Ray Tune runs each trial in a folder of its own
     data, adapters, folder = str(Path(data).resolve()), [str(Path(a).resolve()) for a in adapters], folder.resolve()
 
+    # absolute paths (above): Ray Tune runs each trial in a folder of its own
     def trainable(config: dict) -> None:
         import torch
 
@@ -107,8 +130,8 @@ def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reductio
     best = min(complete, key=complete.get)
     run = folder / f"p{best}"
     adapter = run / "adapter" if (run / "adapter").is_dir() else run / RUN_NAME / "adapter"
-    return {"ray_start_seconds": ray_start, "epochs_per_trial": trials, "prune_ratio": float(best),
-            "adapter": str(adapter), "reduction_factor": reduction_factor}
+    return {"run_seconds": time.time() - start, "ray_start_seconds": ray_start, "epochs_per_trial": trials,
+            "prune_ratio": float(best), "adapter": str(adapter), "reduction_factor": reduction_factor}
 
 
 def main():
@@ -120,8 +143,16 @@ def main():
     ap.add_argument("--lang", default="ar", help="with --data: the target language")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="controller rounds per run (sets K)")
     ap.add_argument("--asha-reduction-factor", type=int, default=4, help="ASHA's eta (Ray Tune's default: 4)")
+    ap.add_argument("--no-asha", action="store_true", help="leave ASHA out (it can cost as much as the grid)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option")
+    ap.add_argument("--keep-state", metavar="DIR", help="copy the finished stages' records (done.json, history, "
+                    "ratio.json, the adapters' fingerprints) of --out to DIR and stop: a later session copies them back "
+                    "into --out and continues where this one stopped (runs/ is not kept between sessions)")
     args = ap.parse_args()
+    if args.keep_state:
+        keep_state(Path(args.out), Path(args.keep_state), ["grid/*/*", "grasp/*", "asha"],
+                   "python benchmarks/bench_speedup.py --out ... (the same options)")
+        return
     if bool(args.data) != bool(args.adapters):
         ap.error("--data and --adapters go together: a prepared target folder and the two adapters to merge")
     settings = {**DEFAULTS, "model": args.model, **({"target_lang": args.lang} if args.data else {}),
@@ -140,22 +171,29 @@ def main():
     steps = cfg.epochs * math.ceil(n_train / per_step)
     search_steps = cfg.epochs * n_train  # batch 1 x accumulation 1: one step per example
     k = max(1, search_steps // args.rounds)
+    # runs: 8 grid + 2 more seeds + the final run + the controller run (about one run and its probes); ASHA at most
+    # the grid again
+    runs = len(GRID) + len(WINNER_SEEDS) + 2 + (0 if args.no_asha else len(GRID))
+    hours = (runs * search_steps * SECONDS_PER_EXAMPLE + args.rounds * SECONDS_PER_ROUND) / 3600
     print(f"bench_speedup: {cfg.model}, {cfg.source_lang} -> {cfg.target_lang} qa, {n_train} train examples, "
           f"{cfg.epochs} epochs per run ({steps} steps of batch {cfg.batch_size} x accumulation {cfg.grad_accum}; the "
           f"controller run: {search_steps} steps of batch 1, a round every K = {k} steps, {args.rounds} rounds, "
-          f"G = {cfg.group_size}), lr {cfg.lr}, no early stopping; about an hour on 2 CPU cores", flush=True)
+          f"G = {cfg.group_size}), lr {cfg.lr}, no early stopping; at most about {hours:.1f} hours on 2 CPU cores "
+          "by the demo's unit costs", flush=True)
 
-    def run(p: float, seed: int):
+    def run(p: float, seed: int, scored: bool = True):
         def fn(d: Path) -> dict:
-            summary = final_run(exp, data, adapters, p, seed, d)
-            return {"val_loss": summary["best_val_loss"], "adapter": str(d / "adapter")}
+            summary, seconds = timed(final_run, exp, data, adapters, p, seed, d)
+            info = {"run_seconds": seconds, "val_loss": summary["best_val_loss"], "adapter": str(d / "adapter")}
+            return {**info, "quality": quality(exp, data, info["adapter"], d / "quality")} if scored else info
         return fn
 
     # what every stage depends on: a rerun with other settings redoes the stages (Experiment.stage)
     deps = json.loads(json.dumps({"settings": settings, "data": data, "adapters": adapters}))
     grid = {p: exp.stage(f"grid/p{p}/seed{cfg.seed}", run(p, cfg.seed), deps) for p in GRID}
     winner = grid_winner({p: [g["val_loss"]] for p, g in grid.items()})
-    spread = [grid[winner]] + [exp.stage(f"grid/p{winner}/seed{s}", run(winner, s), deps) for s in WINNER_SEEDS]
+    spread = [grid[winner]] + [exp.stage(f"grid/p{winner}/seed{s}", run(winner, s, scored=False), deps)
+                               for s in WINNER_SEEDS]
 
     def controller(d: Path) -> dict:
         from grasp_lora.controller_run import search
@@ -163,24 +201,23 @@ def main():
         search_cfg = exp.train_cfg(SearchConfig, data=data, adapters=adapters, out=str(d), merge_form=cfg.merge_form,
                                    criterion=cfg.search_criterion, export_adapter=True, resume=True,
                                    **search_batching(cfg), round_every=k)
-        result, _ = search(search_cfg)
-        return {**result, "adapter": str(d / "adapter")}
+        (result, _), seconds = timed(search, search_cfg)
+        adapter = str(d / "adapter")
+        return {**result, "run_seconds": seconds, "adapter": adapter,
+                "quality": quality(exp, data, adapter, d / "quality")}
+
+    def scored_asha(d: Path) -> dict:
+        info = asha(exp, data, adapters, d, args.asha_reduction_factor)
+        return {**info, "quality": quality(exp, data, info["adapter"], d / "quality")}
 
     search = exp.stage("grasp/search", controller, {**deps, "rounds": args.rounds})
     final = exp.stage("grasp/final", run(search["prune_ratio"], cfg.seed), {**deps, "p": search["prune_ratio"]})
-    ashas = exp.stage("asha", lambda d: asha(exp, data, adapters, d, args.asha_reduction_factor),
-                      {**deps, "reduction_factor": args.asha_reduction_factor})
-
-    sides = {"grid": ([grid[p]["seconds"] for p in GRID], grid[winner]["adapter"], winner),
-             "grasp": ([search["seconds"], final["seconds"]], final["adapter"], search["prune_ratio"]),
-             "one_run": ([search["seconds"]], search["adapter"], search["prune_ratio"]),
-             "asha": ([ashas["seconds"]], ashas["adapter"], ashas["prune_ratio"])}
-    quality = {}
-    for name, (_, adapter, _) in sides.items():
-        def scored(d: Path, adapter=adapter) -> dict:
-            exp.evaluate_into(d, adapter)
-            return {"val_loss": val_loss(exp, data, adapter), **json.loads((d / "metrics.json").read_text())}
-        quality[name] = exp.stage(f"quality/{name}", scored, {**deps, "adapter": adapter})
+    sides = {"grid": ([grid[p]["run_seconds"] for p in GRID], grid[winner]["quality"], winner),
+             "grasp": ([search["run_seconds"], final["run_seconds"]], final["quality"], search["prune_ratio"]),
+             "one_run": ([search["run_seconds"]], search["quality"], search["prune_ratio"])}
+    if not args.no_asha:
+        ashas = exp.stage("asha", scored_asha, {**deps, "reduction_factor": args.asha_reduction_factor})
+        sides["asha"] = ([ashas["run_seconds"]], ashas["quality"], ashas["prune_ratio"])
 
     grid_s = sum(sides["grid"][0])
     seeds_val = [s["val_loss"] for s in spread]
@@ -190,10 +227,9 @@ def main():
           + ", ".join(f"{v:.4f}" for v in seeds_val) + f" (spread {lo:.4f}..{hi:.4f})")
     print(f"{'side':<9}{'runs':>5}{'wall min':>10}{'speed-up':>10}{'p':>7}{'val loss':>10}{'EM':>7}{'F1':>7}  "
           "within the winner's seed spread")
-    for name, (seconds, _, p) in sides.items():
-        q = quality[name]
-        runs = {"grid": 8, "grasp": 2, "one_run": 1, "asha": sum(len(v) for v in ashas["epochs_per_trial"].values())
-                / cfg.epochs}[name]
+    for name, (seconds, q, p) in sides.items():
+        runs = {"grid": 8, "grasp": 2, "one_run": 1}.get(name) or sum(
+            len(v) for v in ashas["epochs_per_trial"].values()) / cfg.epochs
         within = "yes" if q["val_loss"] <= hi else f"no (+{q['val_loss'] - hi:.4f})"
         print(f"{name:<9}{runs:>5.2g}{sum(seconds) / 60:>10.2f}{grid_s / sum(seconds):>9.2f}x{p:>7.3f}"
               f"{q['val_loss']:>10.4f}{q['exact_match']:>7.2f}{q['f1']:>7.2f}  {within}")
@@ -204,22 +240,25 @@ def main():
     # the unit costs behind those numbers, and what they predict for longer runs at the same number of rounds
     examples = cfg.epochs * n_train
     t_grid = grid_s / (len(GRID) * examples)  # per trained example of a grid run (its loading and evals included)
-    t_search = (search["seconds"] - search["probe_seconds"]) / examples  # the controller run's, less its probes
+    t_search = (search["run_seconds"] - search["probe_seconds"]) / examples  # the controller run's, less its probes
     t_round = search["probe_seconds"] / max(1, search["rounds"])
     print(f"unit costs: {t_grid:.3f} s per trained example in a grid run, {t_search:.3f} s in the controller run "
           f"less its probes, {t_round:.1f} s of probes per round ({search['rounds']} rounds: "
-          f"{search['probe_seconds'] / search['seconds']:.0%} of the controller run)")
+          f"{search['probe_seconds'] / search['run_seconds']:.0%} of the controller run)")
     for n in sorted({examples, 1000, 3000, 10000}):
         one_run = n * t_search + search["rounds"] * t_round
         print(f"  predicted at {n} trained examples per run, {search['rounds']} rounds: GRASP "
               f"{8 * n * t_grid / (one_run + n * t_grid):.2f}x, one-run {8 * n * t_grid / one_run:.2f}x")
+    if args.no_asha:
+        print("ASHA: not run (--no-asha)")
+        return
     per_trial = ashas["epochs_per_trial"]
     print(f"ASHA (reduction factor {ashas['reduction_factor']}, grace 1 epoch, max {cfg.epochs}): epochs run per p "
           + " ".join(f"{p}:{len(v)}" for p, v in per_trial.items()) + f"; Ray start {ashas['ray_start_seconds']:.1f} s")
-    a, g = quality["asha"], quality["grasp"]
-    faster = "faster" if ashas["seconds"] < sum(sides["grasp"][0]) else "slower"
+    a, g = ashas["quality"], final["quality"]
+    faster = "faster" if ashas["run_seconds"] < sum(sides["grasp"][0]) else "slower"
     better = "better" if a["val_loss"] < g["val_loss"] else "worse"
-    print(f"ASHA against GRASP: {faster} ({ashas['seconds'] / 60:.2f} against {sum(sides['grasp'][0]) / 60:.2f} min) "
+    print(f"ASHA against GRASP: {faster} ({ashas['run_seconds'] / 60:.2f} against {sum(sides['grasp'][0]) / 60:.2f} min) "
           f"and {better} on val loss ({a['val_loss']:.4f} against {g['val_loss']:.4f})")
 
 

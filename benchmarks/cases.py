@@ -52,6 +52,26 @@ def final_run(exp: Experiment, data: str, adapters: list[str], p: float, seed: i
     return summary
 
 
+STAGE_RECORDS = ("done.json", "history.jsonl", "ratio.json")
+
+
+def keep_state(out: Path, keep: Path, stages: list[str], command: str) -> None:
+    """Copy the small records of every finished stage matching the globs `stages` (done.json, history, ratio.json)
+    and the adapters' fingerprints (adapters.json) from `out` to `keep`: runs/ is not kept between sessions, so a
+    later session copies them back and continues. Data and adapters are remade (cheap, and checked against the
+    fingerprints, check_adapters); stages are redone only where their records are missing."""
+    import shutil
+
+    kept = list(out.glob("**/adapters.json"))
+    for done in (d for pattern in stages for d in out.glob(f"{pattern}/done.json")):
+        kept += [done.parent / name for name in STAGE_RECORDS if (done.parent / name).is_file()]
+    for f in kept:
+        target = keep / f.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+    print(f"kept {len(kept)} files in {keep}; continue with `cp -r {keep}/. {out}/ && {command}`")
+
+
 def adapter_fingerprint(adapter: str) -> dict:
     """The sha256 of an adapter's weights, and per tensor its L2 norm, sum and sum of absolute values: the same
     recipe retrained on another CPU gives other bits (float rounding) but the same statistics to a few digits."""

@@ -1,0 +1,45 @@
+"""The benchmarks are code too: bench_speedup end to end on the tiny model, and its kept state continues it."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def bench_speedup(*args) -> str:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_speedup.py"), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_bench_speedup_runs_and_its_kept_state_continues_it(tiny_model, tmp_path):
+    out, keep = tmp_path / "bench", tmp_path / "kept"
+    args = ["--model", tiny_model, "--out", out, "--no-asha", "--rounds", 2, "--set", "epochs=1",
+            "--set", "target_sizes=8,4,4,4", "--set", "source_sizes=8,4,0,4"]
+    first = bench_speedup(*args)
+    report = first[first.index("grid val loss"):]
+    rows = {line.split()[0]: line.split() for line in report.splitlines()
+            if line.split() and line.split()[0] in ("grid", "grasp", "one_run")}
+    assert set(rows) == {"grid", "grasp", "one_run"}
+    assert [rows[s][1] for s in ("grid", "grasp", "one_run")] == ["8", "2", "1"]
+    assert rows["grid"][3] == "1.00x" and float(rows["one_run"][3].rstrip("x")) > 1
+    assert "ASHA: not run (--no-asha)" in report and "goal grasp" in report
+
+    # a later session: runs/ is gone, the kept records come back, and nothing is trained again
+    bench_speedup(*args, "--keep-state", keep)
+    assert (keep / "adapters.json").is_file() and (keep / "grasp" / "search" / "history.jsonl").is_file()
+    assert not list(keep.rglob("*.safetensors"))  # records only: each stage scored its own adapter
+    shutil.rmtree(out)
+    shutil.copytree(keep, out)
+    again = bench_speedup(*args)
+    stages = [line.split()[1] for line in again.splitlines() if line.strip().startswith("stage ")]
+    assert stages and all(s.startswith(("data/", "adapters/")) for s in stages), stages
+    assert again[again.index("grid val loss"):] == report
