@@ -184,7 +184,8 @@ def main():
     def run(p: float, seed: int, scored: bool = True):
         def fn(d: Path) -> dict:
             summary, seconds = timed(final_run, exp, data, adapters, p, seed, d)
-            info = {"run_seconds": seconds, "val_loss": summary["best_val_loss"], "adapter": str(d / "adapter")}
+            info = {"run_seconds": seconds, "train_seconds": summary["seconds"], "val_loss": summary["best_val_loss"],
+                    "adapter": str(d / "adapter")}
             return {**info, "quality": quality(exp, data, info["adapter"], d / "quality")} if scored else info
         return fn
 
@@ -203,7 +204,7 @@ def main():
                                    **search_batching(cfg), round_every=k)
         (result, _), seconds = timed(search, search_cfg)
         adapter = str(d / "adapter")
-        return {**result, "run_seconds": seconds, "adapter": adapter,
+        return {**result, "run_seconds": seconds, "train_seconds": result["seconds"], "adapter": adapter,
                 "quality": quality(exp, data, adapter, d / "quality")}
 
     def scored_asha(d: Path) -> dict:
@@ -237,18 +238,30 @@ def main():
         got = grid_s / sum(sides[name][0])
         print(f"goal {name}: >= {goal}x -> {got:.2f}x, {'met' if got >= goal else 'NOT met'}")
 
-    # the unit costs behind those numbers, and what they predict for longer runs at the same number of rounds
+    # the costs behind those numbers: a run is a fixed part (loading the model, exporting the adapter) and a part per
+    # trained example (its val evaluations included); the controller run adds its probes, a fixed cost per round
     examples = cfg.epochs * n_train
-    t_grid = grid_s / (len(GRID) * examples)  # per trained example of a grid run (its loading and evals included)
-    t_search = (search["run_seconds"] - search["probe_seconds"]) / examples  # the controller run's, less its probes
-    t_round = search["probe_seconds"] / max(1, search["rounds"])
-    print(f"unit costs: {t_grid:.3f} s per trained example in a grid run, {t_search:.3f} s in the controller run "
-          f"less its probes, {t_round:.1f} s of probes per round ({search['rounds']} rounds: "
-          f"{search['probe_seconds'] / search['run_seconds']:.0%} of the controller run)")
+    fixed_grid = float(np.mean([grid[p]["run_seconds"] - grid[p]["train_seconds"] for p in GRID]))
+    t_grid = float(np.mean([grid[p]["train_seconds"] for p in GRID])) / examples
+    fixed_search = search["run_seconds"] - search["train_seconds"]
+    t_search = (search["train_seconds"] - search["probe_seconds"]) / examples
+    rounds = max(1, search["rounds"])
+    probes = search["probe_seconds"]
+    print(f"costs: a grid run {fixed_grid:.0f} s + {t_grid:.3f} s per trained example; the controller run "
+          f"{fixed_search:.0f} s + {t_search:.3f} s per trained example + {probes / rounds:.1f} s of probes per round "
+          f"({rounds} rounds: {probes / search['run_seconds']:.0%} of the controller run)")
     for n in sorted({examples, 1000, 3000, 10000}):
-        one_run = n * t_search + search["rounds"] * t_round
-        print(f"  predicted at {n} trained examples per run, {search['rounds']} rounds: GRASP "
-              f"{8 * n * t_grid / (one_run + n * t_grid):.2f}x, one-run {8 * n * t_grid / one_run:.2f}x")
+        grid_run, one_run = fixed_grid + n * t_grid, fixed_search + n * t_search + probes
+        print(f"  predicted at {n} trained examples per run, {rounds} rounds: GRASP "
+              f"{8 * grid_run / (one_run + grid_run):.2f}x, one-run {8 * grid_run / one_run:.2f}x")
+    # the run length from which each goal holds: 8 grid(n) >= goal * (controller(n) [+ grid(n)])
+    for name, final in (("grasp", 1), ("one_run", 0)):
+        goal = GOALS[name]
+        slope = 8 * t_grid - goal * (t_search + final * t_grid)
+        need = goal * (fixed_search + probes + final * fixed_grid) - 8 * fixed_grid
+        at = (f"from about {max(0, math.ceil(need / slope))} trained examples per run" if slope > 0
+              else "at no run length with this many rounds")
+        print(f"  goal {name} >= {goal}x predicted {at}")
     if args.no_asha:
         print("ASHA: not run (--no-asha)")
         return
