@@ -21,7 +21,7 @@ Default: the bundled demo corpus (en -> ar QA) on the packaged SmolLM2-135M, abo
 Every stage writes done.json, and scores its own adapter before it ends: rerun the same command to continue an
 interrupted benchmark; `--keep-state DIR` copies the finished stages' records out of runs/ (not kept between
 sessions), for a benchmark longer than a session. The run that tests the goals at a longer scale (all 176 train
-records of the demo corpus, 4 epochs: about 4 hours without ASHA) is
+records of the demo corpus, 4 epochs: 2.4 hours without ASHA, measured) is
 
     python benchmarks/bench_speedup.py --out runs/bench-speedup-long --no-asha \
         --set target_sizes=176,16,16,32 --set epochs=4
@@ -193,8 +193,6 @@ def main():
     deps = json.loads(json.dumps({"settings": settings, "data": data, "adapters": adapters}))
     grid = {p: exp.stage(f"grid/p{p}/seed{cfg.seed}", run(p, cfg.seed), deps) for p in GRID}
     winner = grid_winner({p: [g["val_loss"]] for p, g in grid.items()})
-    spread = [grid[winner]] + [exp.stage(f"grid/p{winner}/seed{s}", run(winner, s, scored=False), deps)
-                               for s in WINNER_SEEDS]
 
     def controller(d: Path) -> dict:
         from grasp_lora.controller_run import search
@@ -213,6 +211,9 @@ def main():
 
     search = exp.stage("grasp/search", controller, {**deps, "rounds": args.rounds})
     final = exp.stage("grasp/final", run(search["prune_ratio"], cfg.seed), {**deps, "p": search["prune_ratio"]})
+    # last: the winner's other seeds, for its seed-to-seed spread (the speed-ups are on disk before them)
+    spread = [grid[winner]] + [exp.stage(f"grid/p{winner}/seed{s}", run(winner, s, scored=False), deps)
+                               for s in WINNER_SEEDS]
     sides = {"grid": ([grid[p]["run_seconds"] for p in GRID], grid[winner]["quality"], winner),
              "grasp": ([search["run_seconds"], final["run_seconds"]], final["quality"], search["prune_ratio"]),
              "one_run": ([search["run_seconds"]], search["quality"], search["prune_ratio"])}
@@ -238,7 +239,8 @@ def main():
         got = grid_s / sum(sides[name][0])
         print(f"goal {name}: >= {goal}x -> {got:.2f}x, {'met' if got >= goal else 'NOT met'}")
 
-    # the costs behind those numbers: a run is a fixed part (loading the model, exporting the adapter) and a part per
+    # the costs behind those numbers: a run is a part outside its training loop (loading the model, the importance
+    # statistics of input_weighted pruning, exporting the adapter), fixed as runs get more epochs, and a part per
     # trained example (its val evaluations included); the controller run adds its probes, a fixed cost per round
     examples = cfg.epochs * n_train
     fixed_grid = float(np.mean([grid[p]["run_seconds"] - grid[p]["train_seconds"] for p in GRID]))
@@ -247,12 +249,12 @@ def main():
     t_search = (search["train_seconds"] - search["probe_seconds"]) / examples
     rounds = max(1, search["rounds"])
     probes = search["probe_seconds"]
-    print(f"costs: a grid run {fixed_grid:.0f} s + {t_grid:.3f} s per trained example; the controller run "
-          f"{fixed_search:.0f} s + {t_search:.3f} s per trained example + {probes / rounds:.1f} s of probes per round "
+    print(f"costs (outside the training loop + per trained example): a grid run {fixed_grid:.0f} s + {t_grid:.3f} s; "
+          f"the controller run {fixed_search:.0f} s + {t_search:.3f} s, + {probes / rounds:.1f} s of probes per round "
           f"({rounds} rounds: {probes / search['run_seconds']:.0%} of the controller run)")
     for n in sorted({examples, 1000, 3000, 10000}):
         grid_run, one_run = fixed_grid + n * t_grid, fixed_search + n * t_search + probes
-        print(f"  predicted at {n} trained examples per run, {rounds} rounds: GRASP "
+        print(f"  predicted at {n} trained examples per run (more epochs), {rounds} rounds: GRASP "
               f"{8 * grid_run / (one_run + grid_run):.2f}x, one-run {8 * grid_run / one_run:.2f}x")
     # the run length from which each goal holds: 8 grid(n) >= goal * (controller(n) [+ grid(n)])
     for name, final in (("grasp", 1), ("one_run", 0)):
