@@ -12,9 +12,9 @@ each) from the same two adapters:
 
 It prints each side's wall time (model loading included; adapters, data and scoring excluded: they are common), the
 speed-ups, and each side's quality: the val loss of its exported adapter (read back as PEFT loads it) and EM and
-token F1 on the test split. It also prints the unit costs behind the speed-up (seconds per trained example, per
-controller round) and what they predict at other run lengths: the probes cost a fixed amount per round, so
-GRASP's speed-up grows toward 4x (one-run: 8x) as runs get longer than the rounds.
+token F1 on the test split. It also prints the costs behind the speed-up (each run's part outside its training
+loop, seconds per trained example, seconds of probes per controller round) and what they predict at other run
+lengths: the probes cost a fixed amount per round, so the speed-ups grow as runs get longer than the rounds.
 
 Default: the bundled demo corpus (en -> ar QA) on the packaged SmolLM2-135M, about an hour on 2 CPU cores
 (the output says its estimate); `--data DIR --adapters SRC TGT` for any prepared target folder and adapters.
@@ -58,9 +58,9 @@ DEFAULTS = dict(source_input=str(corpus_file("qa", "en")), target_input=str(corp
                 max_new_tokens=16, generate_batch_size=16, ray_workers=1)
 WINNER_SEEDS = [1337, 9001]
 GOALS = {"grasp": 3.5, "one_run": 6.5}
-# measured on the demo corpus (2026-11-24, 2 CPU cores): a grid run's seconds per trained example, a probe round's
-# seconds; only for the duration the output announces
-SECONDS_PER_EXAMPLE, SECONDS_PER_ROUND = 1.54, 25.7
+# measured on the demo corpus (2026-11-25, 2 CPU cores, RESULTS.md): a grid run's seconds outside its training loop
+# and per trained example, a probe round's seconds; only for the duration the output announces
+SECONDS_PER_RUN, SECONDS_PER_EXAMPLE, SECONDS_PER_ROUND = 65, 0.79, 17.7
 
 
 def val_loss(exp: Experiment, data: str, adapter: str) -> float:
@@ -103,9 +103,9 @@ def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reductio
     start = time.time()
     resources = connect(cfg)  # one trial at a time on all the cores, as the other sides run
     ray_start = time.time() - start
+    # absolute paths: Ray Tune runs each trial in a folder of its own
     data, adapters, folder = str(Path(data).resolve()), [str(Path(a).resolve()) for a in adapters], folder.resolve()
 
-    # absolute paths (above): Ray Tune runs each trial in a folder of its own
     def trainable(config: dict) -> None:
         import torch
 
@@ -174,11 +174,11 @@ def main():
     # runs: 8 grid + 2 more seeds + the final run + the controller run (about one run and its probes); ASHA at most
     # the grid again
     runs = len(GRID) + len(WINNER_SEEDS) + 2 + (0 if args.no_asha else len(GRID))
-    hours = (runs * search_steps * SECONDS_PER_EXAMPLE + args.rounds * SECONDS_PER_ROUND) / 3600
+    hours = (runs * (SECONDS_PER_RUN + search_steps * SECONDS_PER_EXAMPLE) + args.rounds * SECONDS_PER_ROUND) / 3600
     print(f"bench_speedup: {cfg.model}, {cfg.source_lang} -> {cfg.target_lang} qa, {n_train} train examples, "
           f"{cfg.epochs} epochs per run ({steps} steps of batch {cfg.batch_size} x accumulation {cfg.grad_accum}; the "
           f"controller run: {search_steps} steps of batch 1, a round every K = {k} steps, {args.rounds} rounds, "
-          f"G = {cfg.group_size}), lr {cfg.lr}, no early stopping; at most about {hours:.1f} hours on 2 CPU cores "
+          f"G = {cfg.group_size}), lr {cfg.lr}, no early stopping; about {hours:.1f} hours on 2 CPU cores "
           "by the demo's unit costs", flush=True)
 
     def run(p: float, seed: int, scored: bool = True):
