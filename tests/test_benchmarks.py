@@ -40,6 +40,15 @@ def test_bench_speedup_runs_and_its_kept_state_continues_it(tiny_model, tmp_path
     shutil.rmtree(out)
     shutil.copytree(keep, out)
     again = bench_speedup(*args)
-    stages = [line.split()[1] for line in again.splitlines() if line.strip().startswith("stage ")]
-    assert stages and all(s.startswith(("data/", "adapters/")) for s in stages), stages
+    assert stages_run(again) and all(s.startswith(("data/", "adapters/")) for s in stages_run(again))
     assert again[again.index("grid val loss"):] == report
+
+    # another controller setting redoes the controller run (and its final run), never the grid
+    assert "the controller run: 2 steps of batch 2 x accumulation 3" in first  # the grid's batching
+    other = bench_speedup(*args, "--set", "search_batch_size=1", "--set", "search_grad_accum=1")
+    assert "the controller run: 8 steps of batch 1 x accumulation 1" in other
+    assert "grasp/search:" in set(stages_run(other)) and not [s for s in stages_run(other) if s.startswith("grid/")]
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split()[1] for line in output.splitlines() if line.strip().startswith("stage ")]
