@@ -45,9 +45,17 @@ def test_bench_speedup_runs_and_its_kept_state_continues_it(tiny_model, tmp_path
 
     # another controller setting redoes the controller run (and its final run), never the grid
     assert "the controller run: 2 steps of batch 2 x accumulation 3" in first  # the grid's batching
-    other = bench_speedup(*args, "--set", "search_batch_size=1", "--set", "search_grad_accum=1")
+    batch_1 = ["--set", "search_batch_size=1", "--set", "search_grad_accum=1"]
+    other = bench_speedup(*args, *batch_1)
     assert "the controller run: 8 steps of batch 1 x accumulation 1" in other
     assert "grasp/search:" in set(stages_run(other)) and not [s for s in stages_run(other) if s.startswith("grid/")]
+
+    # ASHA added to the finished benchmark: only its stage runs, and it is compared with both GRASP modes
+    with_asha = bench_speedup(*[a for a in args if a != "--no-asha"], *batch_1, "--asha-reduction-factor", 2)
+    assert [s for s in stages_run(with_asha) if not s.startswith(("data/", "adapters/"))] == ["asha:"]
+    asha_row = next(line.split() for line in with_asha.splitlines() if line.startswith("asha "))
+    assert asha_row[3].endswith("x") and float(asha_row[4]) in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    assert "ASHA against grasp: " in with_asha and "ASHA against one_run: " in with_asha
 
 
 def stages_run(output: str) -> list[str]:
