@@ -61,9 +61,9 @@ DEFAULTS = dict(source_input=str(corpus_file("qa", "en")), target_input=str(corp
                 max_new_tokens=16, generate_batch_size=16, ray_workers=1)
 WINNER_SEEDS = [1337, 9001]
 GOALS = {"grasp": 3.5, "one_run": 6.5}
-# the options only the controller run reads
+# the options only the controller run reads: the controller's own and the experiment's search_*
 CONTROLLER_OPTIONS = {f.name for f in fields(ControllerOptions)} | {
-    "search_batch_size", "search_grad_accum", "search_max_steps", "search_criterion"}
+    f.name for f in fields(ExperimentConfig) if f.name.startswith("search_")}
 # measured on the demo corpus (2026-11-25, 2 CPU cores, RESULTS.md): a grid run's seconds outside its training loop
 # and per trained example, a probe round's seconds; only for the duration the output announces
 SECONDS_PER_RUN, SECONDS_PER_EXAMPLE, SECONDS_PER_ROUND = 65, 0.79, 17.7
