@@ -1,12 +1,15 @@
-"""Does the controller learn a prune ratio that beats picking one at random? Measured against the 8-point grid.
+"""Does the controller learn a prune ratio, or only keep the one it starts from? Measured against the 8-point grid.
 
 For each case: train the source and target adapters, then the grid p in {0.1, ..., 0.8} (final runs, every
-grid seed) for its val-loss curve, and the controller run (`search`) for every controller seed. Each ratio
-rule reads p* off the same controller runs; its normalised regret is
+grid seed) for its val-loss curve, and the controller run (`search`) for every controller, start p_init and
+controller seed. Each ratio rule reads p* off the same controller runs; its normalised regret is
 
     (val_loss(p*) - min grid) / (max grid - min grid),   val_loss(p*) interpolated on the grid's mean curve,
 
-0 = the grid's best. A uniformly random p scores (mean grid - min grid) / (max grid - min grid).
+0 = the grid's best. Beside it, on the same scale, the rules that learn nothing: the start value held constant,
+a uniformly random p ((mean grid - min grid) / (max grid - min grid)), and the best constant chosen on the *other*
+cases (leave one case out). A case's discriminating power is the span of its mean grid curve over the mean
+seed-to-seed standard deviation (ddof 1): below about 3 the grid itself cannot tell its best ratio from noise.
 
 Cases (default: all three; the packaged SmolLM2-135M on 2 CPU cores, about an hour per case):
   mlqa-ar, mlqa-zh   real MLQA v1 dev from ../shared/data (en source adapter, ar/zh target)
@@ -18,20 +21,22 @@ a stage killed half-way resumes from its checkpoint. Stages run grid seed 1 firs
 then the other grid seeds, so partial results print early (said in the output).
 
     python benchmarks/bench_controller.py [--case demo mlqa-ar mlqa-zh] [--out runs/bench-controller]
-        [--variant NAME:key=value,key=value ...] [--report-only]
+        [--controllers reinforce fit] [--starts 0.2 0.4 0.6] [--variant NAME:key=value,key=value ...]
+        [--trace] [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from cases import ADAPTER_STEPS, GRID, MLQA, check_adapters, data_and_adapters, final_run, keep_state
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
-from grasp_lora.controller import RATIO_RULES, ControllerState, ratios_by_rule
+from grasp_lora.controller import CONTROLLERS, RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.demo import corpus_file
 from grasp_lora.files import read_jsonl, write_json
 from grasp_lora.pipeline import Experiment, search_batching
@@ -64,8 +69,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int], controller_seeds: list[int],
-             variants: dict[str, dict], data: str | None, adapters: list[str] | None, report_only: bool,
-             verify: bool = False) -> dict:
+             variants: dict[str, dict], starts: list[float], data: str | None, adapters: list[str] | None,
+             report_only: bool, verify: bool = False, trace: bool = False) -> dict:
     from grasp_lora.controller_run import search
 
     exp = Experiment(cfg, out)
@@ -90,12 +95,13 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
             search_cfg = exp.train_cfg(SearchConfig, data=target, adapters=adapters, out=str(d),
                                        merge_form=cfg.merge_form, criterion=cfg.search_criterion,
                                        controller_seed=seed, resume=True, **search_batching(cfg))
-            result, _ = search(build(SearchConfig, overrides={**search_cfg.__dict__, **opts}, source="variant"))
-            return result
+            run_cfg = build(SearchConfig, overrides={**search_cfg.__dict__, **opts}, source="variant")
+            result, _ = search(run_cfg)
+            return {**result, "options": {f.name: getattr(run_cfg, f.name) for f in fields(ControllerOptions)}}
         return fn
 
     grid: dict[float, dict[int, float]] = {p: {} for p in GRID}
-    searches: dict[str, dict[int, dict]] = {v: {} for v in variants}
+    searches: dict[str, dict[float, dict[int, dict]]] = {v: {p0: {} for p0 in starts} for v in variants}
 
     def run_grid(seeds):
         for s in seeds:
@@ -105,12 +111,16 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
                     grid[p][s] = info["val_loss"]
 
     run_grid(grid_seeds[:1])
-    for v, opts in variants.items():
-        for s in controller_seeds:
-            info = stage(f"search/{v}/seed{s}", controller(s, opts))
-            if info:
-                info["history"] = read_jsonl(out / "search" / v / f"seed{s}" / "history.jsonl")
-                searches[v][s] = info
+    if trace:  # one reinforce run from 0.4 that also probes every grid ratio each round (replay_controller.py)
+        stage(f"trace/seed{controller_seeds[0]}", controller(controller_seeds[0], {"controller": "reinforce",
+                                                                               "trace_ratios": GRID}))
+    for s in controller_seeds:  # every start and variant of one seed before the next seed: all columns fill early
+        for v, opts in variants.items():
+            for p0 in starts:
+                info = stage(f"search/{v}/p{p0}/seed{s}", controller(s, {**opts, "p_init": p0}))
+                if info:
+                    info["history"] = read_jsonl(out / "search" / v / f"p{p0}" / f"seed{s}" / "history.jsonl")
+                    searches[v][p0][s] = info
     run_grid(grid_seeds[1:])
     return summarise(name, grid, searches, out)
 
@@ -133,43 +143,66 @@ def interpolate(curve: dict[float, float], p: float) -> float:
     return float(np.interp(p, xs, [curve[x] for x in xs]))
 
 
+def discriminating_power(grid: dict[float, dict[int, float]]) -> float | None:
+    """Span of the mean grid curve / mean seed-to-seed standard deviation (ddof 1); None with one seed."""
+    if min(len(v) for v in grid.values()) < 2:
+        return None
+    curve = [np.mean(list(v.values())) for v in grid.values()]
+    return float((max(curve) - min(curve)) / np.mean([np.std(list(v.values()), ddof=1) for v in grid.values()]))
+
+
 def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
     complete = {p: v for p, v in grid.items() if v}
     if len(complete) < len(GRID):
         return {"case": name, "status": f"grid incomplete ({len(complete)}/{len(GRID)} points)"}
     curve = {p: float(np.mean(list(v.values()))) for p, v in complete.items()}
     lo, hi = min(curve.values()), max(curve.values())
-    span = hi - lo
-    regret = lambda p: (interpolate(curve, p) - lo) / span
+    regret = lambda p: (interpolate(curve, p) - lo) / (hi - lo)
     best_p = min(curve, key=curve.get)
-    seed_spread = float(np.mean([np.std(list(v.values())) for v in complete.values()])) if \
-        min(len(v) for v in complete.values()) > 1 else None
     result = {"case": name, "grid": {str(p): complete[p] for p in GRID}, "curve": {str(p): curve[p] for p in GRID},
               "grid_best": best_p, "best_inside": GRID[0] < best_p < GRID[-1],
-              "random_regret": (float(np.mean(list(curve.values()))) - lo) / span, "seed_spread": seed_spread,
+              "random_regret": (float(np.mean(list(curve.values()))) - lo) / (hi - lo),
+              "power": discriminating_power(complete), "grid_seeds": min(len(v) for v in complete.values()),
               "variants": {}}
-    for v, runs in searches.items():
-        if not runs:
-            continue
-        rules = {}
-        settings = ControllerOptions()  # the rules read p_min/p_max only; the runs use the defaults
-        states = {s: ControllerState.from_history(r["history"]) for s, r in runs.items()}
-        # re-read from history: a rule added later scores old runs too
-        read = {s: ratios_by_rule(st, settings) for s, st in states.items()}
-        for rule in RATIO_RULES:
-            ps = {s: by_rule[rule] for s, by_rule in read.items()}
-            rules[rule] = {"p_star": ps, "regret": float(np.mean([regret(p) for p in ps.values()]))}
-        mus = {s: [h["mu"] for h in r["history"]] + [r["final_mu"]] for s, r in runs.items()}
-        result["variants"][v] = {
-            "rules": rules, "rounds": {s: r["rounds"] for s, r in runs.items()},
-            "mu_path": {s: [round(m, 4) for m in ms] for s, ms in mus.items()},
-            "sigma_end": {s: r["final_sigma"] for s, r in runs.items()},
-            "committed_path": {s: [h["p"] for h in r["history"]] + [r["final_p"]] for s, r in runs.items()},
-            "search_seconds": {s: r["seconds"] for s, r in runs.items()},
-        }
+    for v, by_start in searches.items():
+        result["variants"][v] = {}
+        for p0, runs in by_start.items():
+            if not runs:
+                continue
+            settings = ControllerOptions(**{k: x for k, x in next(iter(runs.values())).get("options", {}).items()
+                                            if k != "trace_ratios"})  # the rules read p_min/p_max only
+            read = {s: ratios_by_rule(ControllerState.from_history(r["history"]), settings) for s, r in runs.items()}
+            rules = {rule: {"p_star": {s: by_rule[rule] for s, by_rule in read.items()},
+                            "regret": float(np.mean([regret(by_rule[rule]) for by_rule in read.values()]))}
+                     for rule in RATIO_RULES}  # re-read from history: a rule added later scores old runs too
+            result["variants"][v][str(p0)] = {
+                "start_regret": regret(p0), "rule": runs[next(iter(runs))].get("rule"), "rules": rules,
+                "rounds": {s: r["rounds"] for s, r in runs.items()},
+                "mu_path": {s: [round(h["mu"], 4) for h in r["history"]] + [round(r["final_mu"], 4)]
+                            for s, r in runs.items()},
+                "sigma_path": {s: [round(h["sigma"], 4) for h in r["history"]] + [round(r["final_sigma"], 4)]
+                               for s, r in runs.items()},
+                "committed_path": {s: [h["p"] for h in r["history"]] + [r["final_p"]] for s, r in runs.items()},
+                "search_seconds": {s: r["seconds"] for s, r in runs.items()},
+                "probe_seconds": {s: r.get("probe_seconds") for s, r in runs.items()},
+            }
     write_json(out / "summary.json", result)
     plot(result, out / "controller_vs_grid.png")
     return result
+
+
+def leave_one_out(results: list[dict]) -> None:
+    """Each case's regret of the best constant ratio chosen on the *other* cases' mean grid curves (the constant
+    with the lowest mean normalised regret there): what a practitioner with the other cases' grids would pick."""
+    done = [r for r in results if "curve" in r]
+    for r in done:
+        others = [o for o in done if o is not r]
+        if not others:
+            continue
+        norm = lambda o, p: (o["curve"][str(p)] - min(o["curve"].values())) / (max(o["curve"].values()) -
+                                                                                 min(o["curve"].values()))
+        pick = min(GRID, key=lambda p: np.mean([norm(o, p) for o in others]))
+        r["loo_constant"] = {"p": pick, "regret": norm(r, pick), "from": [o["case"] for o in others]}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -178,33 +211,33 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     xs = [float(p) for p in result["curve"]]
     ax.plot(xs, list(result["curve"].values()), "k-o", label="grid, mean over seeds", zorder=3)
     for p, per_seed in result["grid"].items():
         ax.scatter([float(p)] * len(per_seed), list(per_seed.values()), color="0.6", s=12, zorder=2)
-    markers = {"best_trial": "v", "committed": "s", "policy_mean": "D", "pooled": "*"}
+    markers = {"0.2": "<", "0.4": "D", "0.6": ">"}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     curve = {float(p): v for p, v in result["curve"].items()}
-    k = 0
-    for v, info in result["variants"].items():
-        for rule, r in info["rules"].items():
+    for k, (v, by_start) in enumerate(result["variants"].items()):
+        for p0, info in by_start.items():
+            r = info["rules"][info["rule"]] if info.get("rule") in info["rules"] else info["rules"]["policy_mean"]
             ps = list(r["p_star"].values())
-            ax.scatter(ps, [interpolate(curve, p) for p in ps], marker=markers.get(rule, "o"), s=60,
-                       color=colors[k % len(colors)], label=f"{v}/{rule} (regret {r['regret']:.2f})", zorder=4,
-                       alpha=0.8)
-            k += 1
+            ax.scatter(ps, [interpolate(curve, p) for p in ps], marker=markers.get(p0, "o"), s=60,
+                       color=colors[k % len(colors)], alpha=0.8, zorder=4,
+                       label=f"{v} from {p0} (regret {r['regret']:.2f}; start's {info['start_regret']:.2f})")
     ax.set_xlabel("prune ratio p")
     ax.set_ylabel("val loss")
+    power = f", power {result['power']:.1f}" if result["power"] else ""
     ax.set_title(f"{result['case']}: learned p* on the grid's val-loss curve (random regret "
-                 f"{result['random_regret']:.2f})", fontsize=10)
+                 f"{result['random_regret']:.2f}{power})", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def describe(name: str, cfg: ExperimentConfig, grid_seeds, controller_seeds) -> str:
+def describe(name: str, cfg: ExperimentConfig, grid_seeds, controller_seeds, starts) -> str:
     sb = search_batching(cfg)
     return (f"case {name}: {cfg.model}, {cfg.source_lang} -> {cfg.target_lang} qa, target splits {cfg.target_sizes} "
             f"(train/val/micro_dev/test), examples cut to {cfg.max_length} tokens; adapters trained {ADAPTER_STEPS} steps\n"
@@ -212,7 +245,7 @@ def describe(name: str, cfg: ExperimentConfig, grid_seeds, controller_seeds) -> 
             f"lr {cfg.lr}, {cfg.final_criterion} re-pruned {cfg.reprune}; grid seeds {grid_seeds}\n"
             f"  controller runs: {sb['max_steps']} steps of batch {sb['batch_size']} x accumulation "
             f"{sb['grad_accum']} (the same examples), K={cfg.round_every}, G={cfg.group_size}, {cfg.search_criterion}; "
-            f"controller seeds {controller_seeds}")
+            f"starts p_init {starts}; controller seeds {controller_seeds}")
 
 
 def report(r: dict) -> str:
@@ -220,21 +253,55 @@ def report(r: dict) -> str:
         return f"  {r['status']}: rerun the same command to continue"
     lines = ["  grid val loss (mean over seeds): " + "  ".join(f"{p}:{v:.3f}" for p, v in r["curve"].items())]
     where = "inside the range" if r["best_inside"] else "AT AN END of the range: a controller biased there looks perfect"
-    spread = f", mean seed-to-seed std {r['seed_spread']:.3f}" if r["seed_spread"] is not None else " (one seed so far)"
+    power = (f"discriminating power {r['power']:.2f} ({r['grid_seeds']} grid seeds)" if r["power"] is not None
+             else "one grid seed so far")
     lines.append(f"  grid best p = {r['grid_best']} ({where}); span {min(r['curve'].values()):.3f}.."
-                 f"{max(r['curve'].values()):.3f}{spread}")
-    lines.append(f"  {'rule':<24}{'p* per controller seed':<34}mean normalised regret")
-    for v, info in r["variants"].items():
-        for rule, x in info["rules"].items():
-            ps = " ".join(f"{p:.3f}" for p in x["p_star"].values())
-            lines.append(f"  {v + '/' + rule:<24}{ps:<34}{x['regret']:.3f}")
-    lines.append(f"  {'random p (uniform)':<58}{r['random_regret']:.3f}")
-    for v, info in r["variants"].items():
-        for s, path in info["mu_path"].items():
-            steps = np.abs(np.diff(path)) if len(path) > 1 else np.zeros(1)
-            lines.append(f"  {v} seed {s}: {info['rounds'][s]} rounds, mu {path[0]:.3f} -> {path[-1]:.3f} (largest "
-                         f"move {steps.max():.3f}), sigma -> {info['sigma_end'][s]:.3f}, committed p "
-                         f"{info['committed_path'][s][0]:.2f} -> {info['committed_path'][s][-1]:.2f}")
+                 f"{max(r['curve'].values()):.3f}, {power}")
+    lines.append(f"  {'controller/rule':<26}{'start':>6}  {'p* per controller seed':<26}{'regret':>7}{'start held':>11}"
+                 f"{'probe/train s':>14}")
+    for v, by_start in r["variants"].items():
+        for p0, info in by_start.items():
+            for rule, x in info["rules"].items():
+                mark = "*" if rule == info.get("rule") else " "
+                ps = " ".join(f"{p:.3f}" for p in x["p_star"].values())
+                probe = [info["probe_seconds"][s] / max(info["search_seconds"][s] - info["probe_seconds"][s], 1e-9)
+                         for s in info["search_seconds"] if info["probe_seconds"][s] is not None]
+                cost = f"{np.mean(probe):.2f}" if probe else "-"
+                lines.append(f" {mark}{v + '/' + rule:<26}{p0:>6}  {ps:<26}{x['regret']:>7.3f}"
+                             f"{info['start_regret']:>11.3f}{cost:>14}")
+    lines.append(f"  {'random p (uniform)':<60}{r['random_regret']:>7.3f}")
+    if "loo_constant" in r:
+        lines.append(f"  {'best constant on the other cases (p = ' + str(r['loo_constant']['p']) + ')':<60}"
+                     f"{r['loo_constant']['regret']:>7.3f}")
+    lines.append("  (* the controller's own rule; probe/train s: probe seconds over the rest of the controller run)")
+    for v, by_start in r["variants"].items():
+        for p0, info in by_start.items():
+            for s, path in info["mu_path"].items():
+                steps = np.abs(np.diff(path)) if len(path) > 1 else np.zeros(1)
+                sig = info["sigma_path"][s]
+                lines.append(f"  {v} from {p0} seed {s}: {info['rounds'][s]} rounds, mu {path[0]:.3f} -> {path[-1]:.3f} "
+                             f"(largest move {steps.max():.3f}), sigma {sig[0]:.3f} -> {sig[-1]:.3f} (min {min(sig):.3f}),"
+                             f" committed p {info['committed_path'][s][0]:.2f} -> {info['committed_path'][s][-1]:.2f}")
+    return "\n".join(lines)
+
+
+def overall(results: list[dict]) -> str:
+    """Mean regret over cases and starts, per controller, beside the constants that learn nothing."""
+    done = [r for r in results if "curve" in r]
+    if not done:
+        return ""
+    lines = ["over all cases (mean normalised regret; own rule of each controller, every start):"]
+    variants = {v for r in done for v in r["variants"]}
+    for v in sorted(variants):
+        cells = [(r["case"], p0, info["rules"][info["rule"]]["regret"], info["start_regret"])
+                 for r in done for p0, info in r["variants"].get(v, {}).items() if info.get("rule") in info["rules"]]
+        if cells:
+            lines.append(f"  {v:<14} {np.mean([c[2] for c in cells]):.3f}   start value held constant "
+                         f"{np.mean([c[3] for c in cells]):.3f}   ({len(cells)} case x start cells)")
+    lines.append(f"  random p       {np.mean([r['random_regret'] for r in done]):.3f}")
+    loo = [r["loo_constant"]["regret"] for r in done if "loo_constant" in r]
+    if loo:
+        lines.append(f"  leave-one-out constant {np.mean(loo):.3f}")
     return "\n".join(lines)
 
 
@@ -246,11 +313,15 @@ def main():
     ap.add_argument("--data", help="a prepared target data folder (with --adapters: the `custom` case)")
     ap.add_argument("--adapters", nargs=2, metavar=("SRC", "TGT"), help="trained source and target PEFT adapters")
     ap.add_argument("--lang", default="ar", help="with --data: the target language")
-    ap.add_argument("--grid-seeds", type=int, nargs="+", default=[42, 1337])
+    ap.add_argument("--grid-seeds", type=int, nargs="+", default=[42, 1337, 9001])
     ap.add_argument("--controller-seeds", type=int, nargs="+", default=[42, 1337, 9001])
+    ap.add_argument("--controllers", nargs="+", default=["reinforce", "fit"], choices=sorted(CONTROLLERS),
+                    help="controllers to run (each a set of controller runs under its name)")
+    ap.add_argument("--starts", type=float, nargs="+", default=[0.2, 0.4, 0.6], help="p_init of the controller runs")
     ap.add_argument("--variant", action="append", default=[],
-                    help="NAME:key=value,...: another set of controller runs with these controller options "
-                         "(the defaults always run, as `default`)")
+                    help="NAME:key=value,...: another set of controller runs with these controller options")
+    ap.add_argument("--trace", action="store_true", help="also one reinforce run that probes every grid ratio each "
+                    "round (stage trace/): the recorded losses replay any controller in seconds (replay_controller.py)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option for every case")
     ap.add_argument("--verify-retrained", action="store_true",
                     help="the kept stages' adapters differ in bits from this machine's: rerun grid p=0.1 seed 42 and "
@@ -261,23 +332,29 @@ def main():
                     "into --out and continues where this one stopped (runs/ is not kept between sessions)")
     args = ap.parse_args()
     if args.keep_state:
-        keep_state(Path(args.out), Path(args.keep_state), ["*/grid/*/*", "*/search/*/*"],
+        keep_state(Path(args.out), Path(args.keep_state), ["*/grid/*/*", "*/search/*/*/*", "*/trace/*"],
                    "python benchmarks/bench_controller.py --case ...")
         return
-    variants = dict([("default", {})] + [parse_variant(v) for v in args.variant])
+    variants = dict([(c, {"controller": c}) for c in args.controllers] + [parse_variant(v) for v in args.variant])
     if bool(args.data) != bool(args.adapters):
         ap.error("--data and --adapters go together: a prepared target folder and the two adapters to merge")
     cases = ["custom"] if args.data else args.case
+    results = []
     for name in cases:
         settings = {**COMMON, **CASES.get(name, {"target_lang": args.lang}), "model": args.model,
                     **dict(kv.split("=", 1) for kv in args.set)}
         cfg = build(ExperimentConfig, overrides=settings, source=f"case {name}")
-        print(describe(name, cfg, args.grid_seeds, args.controller_seeds), flush=True)
-        r = run_case(name, cfg, Path(args.out) / name, args.grid_seeds, args.controller_seeds, variants,
-                     args.data, args.adapters, args.report_only, args.verify_retrained)
-        print(report(r), flush=True)
+        print(describe(name, cfg, args.grid_seeds, args.controller_seeds, args.starts), flush=True)
+        results.append(run_case(name, cfg, Path(args.out) / name, args.grid_seeds, args.controller_seeds, variants,
+                                args.starts, args.data, args.adapters, args.report_only, args.verify_retrained,
+                                args.trace))
+    leave_one_out(results)
+    for r in results:
+        print(f"case {r['case']}:\n{report(r)}", flush=True)
         if "curve" in r:
-            print(f"  plot: {Path(args.out) / name / 'controller_vs_grid.png'}", flush=True)
+            write_json(Path(args.out) / r["case"] / "summary.json", r)
+            print(f"  plot: {Path(args.out) / r['case'] / 'controller_vs_grid.png'}", flush=True)
+    print(overall(results), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 from grasp_lora import prune
 from grasp_lora.adapter_io import load_adapter, put_on, write_peft_adapter
 from grasp_lora.config import ControllerOptions
-from grasp_lora.controller import Controller
+from grasp_lora.controller import Controller, probe as probe_ratios
 from grasp_lora.merge import merged_layers
 from grasp_lora.train import LossProbe
 
@@ -147,10 +147,13 @@ def main():
     micro = [{"input_ids": t, "labels": t} for t in
              torch.randint(0, config["vocab_size"], (16, min(seq, 512)), generator=g).tolist()]
     probe = LossProbe(micro, 0, device, batch_size=8)
-    controller = Controller(ControllerOptions(), lambda: probe(model), lambda: prune.CRITERIA["magnitude"](
-        model, lambda: iter(())).scores(), lambda masks: prune.commit_masks(model, masks))
+    scores = prune.CRITERIA["magnitude"](model, lambda: iter(())).scores()
+    controller = Controller(ControllerOptions(), lambda ratios: probe_ratios(model, scores, ratios, "per_tensor",
+                                                                             lambda: probe(model)),
+                            lambda ratio: prune.commit_masks(model, prune.masks_for_ratio(scores, ratio)),
+                            lambda: probe(model))
     model.train()
-    seconds, peak = measure(lambda: controller.round(model, 10), device, 1)
+    seconds, peak = measure(lambda: controller.round(10), device, 1)
     print(f"one controller round (G = 3 candidates on 16 micro-dev examples of {min(seq, 512)} tokens): "
           f"{seconds:.2f} s, peak {peak:.1f} GiB")
 

@@ -91,7 +91,11 @@ def _search(cfg: SearchConfig):
     from .controller_run import search
 
     r, _ = search(cfg)
-    print(f"learned prune ratio {r['prune_ratio']:.4f} ({r['rule']}) after {r['rounds']} rounds -> {cfg.out}/ratio.json")
+    print(f"learned prune ratio {r['prune_ratio']:.4f} ({r['controller']} controller, {r['rule']} rule) after "
+          f"{r['rounds']} rounds -> {cfg.out}/ratio.json")
+    if r["from_prior"]:
+        print(f"note: p* is within 0.05 of p_init {cfg.p_init} and sigma never fell below its start: this ratio is "
+              "the prior, not a finding (more rounds, or another --p-init, would tell)")
 
 
 def _finetune_merged(cfg: FinetuneMergedConfig):

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import ADVANTAGES, COMMIT_MASKS, IMPORTANCE_REFRESH, RATIO_RULES
+from .controller import ADVANTAGES, COMMIT_MASKS, CONTROLLERS, IMPORTANCE_REFRESH, RATIO_RULES
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
@@ -220,28 +220,39 @@ class PruneOptions(Checked):
 
 @dataclass(kw_only=True)
 class ControllerOptions(Checked):
-    """The controller's settings (controller.Controller reads them)."""
+    """The controller's settings (controller.Controller reads them). `controller` names how a round moves the
+    policy; the options left unset (None) take that controller's values (controller.CONTROLLERS)."""
+    controller: str = opt("reinforce", "how the policy learns: paper (the authors' REINFORCE and best_trial rule), "
+                                       "reinforce (the same update, policy_mean rule), nes (scale-free natural-gradient "
+                                       "steps in units of sigma on rank utilities), fit (mu = the minimum of one curve "
+                                       "fitted to every probe of the run, sigma = its uncertainty)",
+                          choices=CONTROLLERS)
     p_min: float = opt(0.10, "lowest prune ratio the controller may choose")
     p_max: float = opt(0.80, "highest prune ratio the controller may choose")
     p_init: float = opt(0.40, "initial committed ratio p and policy mean mu")
     sigma_init: Optional[float] = opt(None, "initial policy std (default (p_max - p_min) / 6)")
     round_every: int = opt(10, "K: optimizer steps between controller rounds")
     group_size: int = opt(3, "G: candidate ratios probed per round")
-    policy_lr: float = opt(0.05, "eta: policy learning rate")
-    kl_coef: float = opt(0.05, "beta: pull of mu toward the committed ratio")
-    entropy_bonus: float = opt(0.01, "lambda: added to sigma each round")
+    policy_lr: Optional[float] = opt(None, "eta: policy learning rate (paper/reinforce 0.05; nes: the step of mu in "
+                                           "units of sigma, 1.0)")
+    sigma_lr: Optional[float] = opt(None, "nes: learning rate of log sigma (0.6)")
+    kl_coef: Optional[float] = opt(None, "beta: pull of mu toward the committed ratio (paper/reinforce 0.05)")
+    entropy_bonus: Optional[float] = opt(None, "lambda: added to sigma each round (paper/reinforce 0.01)")
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
     controller_seed: int = opt(42, "seed of the controller's own RNG (separate from data shuffling)")
     importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round",
                                   choices=IMPORTANCE_REFRESH)
     commit_mask: str = opt("bounded", "apply the mask of the bounded committed ratio, or of the unbounded best "
                                       "candidate (the authors' code)", choices=COMMIT_MASKS)
-    ratio_rule: str = opt("policy_mean", "the learned ratio p*: final policy mean (the lowest measured regret, "
-                                         "benchmarks/RESULTS.md), best-reward candidate of the run (the authors), "
-                                         "final committed ratio, or pooled (the minimum of one loss-vs-ratio curve "
-                                         "fitted to every probe of the run)", choices=RATIO_RULES)
-    advantage: str = opt("none", "advantages r - mean(r) (none, the paper) or also divided by std(r)",
-                         choices=ADVANTAGES)
+    ratio_rule: Optional[str] = opt(None, "the learned ratio p* (default: the controller's): final policy mean "
+                                          "(reinforce, nes), best-reward candidate of the run (paper), final committed "
+                                          "ratio, pooled (the minimum of one quadratic fitted to every probe), or fit "
+                                          "(the fit controller's curve)", choices=RATIO_RULES)
+    advantage: Optional[str] = opt(None, "advantages r - mean(r) (none, the paper), also divided by std(r), or rank "
+                                         "utilities (nes)", choices=ADVANTAGES)
+    trace_ratios: list[float] = opt([], "diagnosis: also probe these ratios every round and record their micro-dev "
+                                        "losses in history.jsonl (`trace`); the controller does not see them, and "
+                                        "their time is not counted in probe_seconds")
 
     def check(self):
         if not all(map(math.isfinite, (self.p_min, self.p_init, self.p_max))) \
@@ -251,9 +262,14 @@ class ControllerOptions(Checked):
         above(self, "sigma_init", 0)
         for name in ("round_every", "group_size"):
             at_least(self, name, 1)
-        for name in ("policy_lr", "kl_coef", "entropy_bonus"):
+        for name, value in CONTROLLERS[self.controller][1].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus"):
             at_least(self, name, 0)
         above(self, "max_ratio_step", 0)
+        if any(not 0 <= r < 1 for r in self.trace_ratios):
+            raise OptionError({"trace_ratios": self.trace_ratios}, "every ratio must lie in [0, 1)")
 
 
 # ---------------------------------------------------------------- one config per command

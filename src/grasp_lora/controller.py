@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the settings are the command's config: any object with Cont
     from .config import ControllerOptions
 
 
-ADVANTAGES = ("none", "std")  # r - mean(r) (the paper), or also divided by std(r)
+ADVANTAGES = ("none", "std", "rank")  # r - mean(r) (the paper), also divided by std(r), or NES rank utilities
 COMMIT_MASKS = ("bounded", "candidate")  # the mask of the bounded committed p, or of the best candidate (the authors' code)
 IMPORTANCE_REFRESH = ("once", "every_round")
 
@@ -41,8 +41,19 @@ def sample_candidates(rng: np.random.Generator, mu: float, sigma: float, g: int,
     return [clamp(float(z), p_min, p_max) for z in rng.normal(mu, sigma, size=g)]
 
 
+def rank_utilities(g: int) -> np.ndarray:
+    """NES fitness shaping (Wierstra et al. 2014): weights by rank, best first, summing to 0. Scale-free: a
+    round's step does not depend on how large its loss differences are, only on their order."""
+    u = np.maximum(0.0, math.log(g / 2 + 1) - np.log(np.arange(1, g + 1)))
+    return u / u.sum() - 1.0 / g
+
+
 def advantages(rewards: list[float], mode: str = "none") -> list[float]:
     r = np.asarray(rewards, dtype=np.float64)
+    if mode == "rank":
+        a = np.empty_like(r)
+        a[np.argsort(-r, kind="stable")] = rank_utilities(len(r))
+        return a.tolist()
     a = r - r.mean()
     if mode == "std":
         a = a / (r.std() + 1e-8)
@@ -61,6 +72,18 @@ def policy_update(mu: float, sigma: float, p: float, candidates: list[float], ad
     return mu_next, sigma_next
 
 
+def nes_update(mu: float, sigma: float, candidates: list[float], adv: list[float],
+               s: ControllerOptions) -> tuple[float, float]:
+    """Separable NES (Schaul et al. 2011): natural-gradient steps in units of sigma. With eps_g = (rho_g - mu)/sigma,
+    mu += policy_lr * sigma * sum(a_g eps_g); sigma *= exp(sigma_lr / 2 * sum(a_g (eps_g^2 - 1))), so sigma shrinks
+    when the best candidates lie near mu (the rounds agree) and grows when they lie far out."""
+    eps, a = (np.asarray(candidates) - mu) / sigma, np.asarray(adv)
+    mu_next = clamp(mu + s.policy_lr * sigma * float(np.sum(a * eps)), s.p_min, s.p_max)
+    sigma_next = clamp(sigma * math.exp(s.sigma_lr / 2 * float(np.sum(a * (eps ** 2 - 1)))),
+                       MIN_SIGMA, (s.p_max - s.p_min) / 2)
+    return mu_next, sigma_next
+
+
 def commit_rule(p: float, candidates: list[float], rewards: list[float], s: ControllerOptions) -> tuple[float, float | None, float | None]:
     """(p_next, committed ratio or None, ratio whose mask is applied or None).
 
@@ -73,8 +96,13 @@ def commit_rule(p: float, candidates: list[float], rewards: list[float], s: Cont
     best_r, best_c = max(finite, key=lambda rc: rc[0])
     if best_r < 0:
         return p, None, None
-    p_next = clamp(p + clamp(best_c - p, -s.max_ratio_step, s.max_ratio_step), s.p_min, s.p_max)
+    p_next = move_toward(p, best_c, s)
     return p_next, p_next, (p_next if s.commit_mask == "bounded" else best_c)
+
+
+def move_toward(p: float, target: float, s: ControllerOptions) -> float:
+    """p moved toward `target` by at most max_ratio_step, inside [p_min, p_max]."""
+    return clamp(p + clamp(target - p, -s.max_ratio_step, s.max_ratio_step), s.p_min, s.p_max)
 
 
 @dataclass
@@ -85,6 +113,7 @@ class ControllerState:
     best_reward: float = -math.inf
     best_candidate: float | None = None
     rounds: int = 0
+    min_sigma: float = math.inf  # the smallest sigma the policy has had
     # every probe so far, one [p, base_loss, candidates, losses] per round (what pooled rules read)
     trials: list = field(default_factory=list)
 
@@ -107,6 +136,7 @@ class ControllerState:
             st.observe(rec["base_loss"], rec["candidates"], rec["losses"], rec["rewards"])
         last = history[-1]
         st.p, st.mu, st.sigma, st.rounds = last["p_next"], last["mu_next"], last["sigma_next"], len(history)
+        st.min_sigma = min(min(r["sigma"], r["sigma_next"]) for r in history)
         return st
 
 
@@ -140,30 +170,73 @@ def policy_mean(st: ControllerState, s: ControllerOptions) -> float | None:
     return st.mu
 
 
+def _round_points(trials: list, with_base: bool = True) -> list[tuple[float, list[tuple[float, float]]]]:
+    """(committed p, [(ratio, loss), ...]) per round with a finite base loss and at least one finite probe."""
+    rounds = []
+    for p, base, cands, losses in trials:
+        pts = [(c, l) for c, l in zip(cands, losses) if l is not None and math.isfinite(l)]
+        if base is not None and math.isfinite(base) and pts:
+            rounds.append((p, ([(p, base)] if with_base else []) + pts))
+    return rounds
+
+
 def pooled_fit(trials: list, p_min: float, p_max: float) -> tuple[float, np.ndarray] | None:
     """Least-squares fit of every probe's loss, L = c_round + a*rho + b*rho^2: one offset per round (the
     model moves between rounds), one curve shared by all. Each round's base loss is a probe at its
     committed p. Returns (argmin of the curve on [p_min, p_max], [a, b]) or None with < 3 distinct ratios."""
-    rows, ys = [], []
-    finite_rounds = []
-    for p, base, cands, losses in trials:
-        pts = [(p, base)] + [(c, l) for c, l in zip(cands, losses) if l is not None and math.isfinite(l)]
-        if math.isfinite(base) and len(pts) > 1:
-            finite_rounds.append(pts)
-    ratios = {round(r, 9) for pts in finite_rounds for r, _ in pts}
-    if len(ratios) < 3:
+    rounds = _round_points(trials)
+    if len({round(r, 9) for _, pts in rounds for r, _ in pts}) < 3:
         return None
-    n_rounds = len(finite_rounds)
-    for k, pts in enumerate(finite_rounds):
+    rows, ys = [], []
+    for k, (_, pts) in enumerate(rounds):
         for r, loss in pts:
-            onehot = [0.0] * n_rounds
-            onehot[k] = 1.0
-            rows.append(onehot + [r, r * r])
+            rows.append([float(k == j) for j in range(len(rounds))] + [r, r * r])
             ys.append(loss)
-    coef = np.linalg.lstsq(np.asarray(rows), np.asarray(ys), rcond=None)[0]
-    a, b = coef[-2:]
+    a, b = np.linalg.lstsq(np.asarray(rows), np.asarray(ys), rcond=None)[0][-2:]
     grid = np.linspace(p_min, p_max, 701)
     return float(grid[np.argmin(a * grid + b * grid ** 2)]), np.asarray([a, b])
+
+
+@dataclass
+class CurveFit:
+    """The `fit` controller's model of the micro-dev loss of every probe of the run:
+        L = c_round + a*rho + b*rho^2 + v*|rho - p_round|
+    one offset per round (training moves the model between rounds), one curve f(rho) = a*rho + b*rho^2 shared by
+    all rounds, and a penalty v for a trial's distance from the mask the model trained under (a probe far from the
+    committed p revives stale stashed values or removes trained ones: the cost of leaving p, not of the ratio).
+    argmin is f's minimum on [p_min, p_max]; sd its standard deviation by the delta method (None when f is not
+    convex there or the minimum lies at an end: the data do not place it)."""
+    argmin: float
+    sd: float | None
+    coef: np.ndarray  # a, b, v
+    noise: float  # residual standard deviation
+
+
+def curve_fit(trials: list, p_min: float, p_max: float, min_dof: int = 2) -> CurveFit | None:
+    """Least squares over every probe; None until the fit has `min_dof` residual degrees of freedom and 3 distinct
+    ratios."""
+    rounds = _round_points(trials)
+    n_pts = sum(len(pts) for _, pts in rounds)
+    if len({round(r, 9) for _, pts in rounds for r, _ in pts}) < 3 or n_pts - len(rounds) - 3 < min_dof:
+        return None
+    rows, ys = [], []
+    for k, (p, pts) in enumerate(rounds):
+        for r, loss in pts:
+            rows.append([float(k == j) for j in range(len(rounds))] + [r, r * r, abs(r - p)])
+            ys.append(loss)
+    x, y = np.asarray(rows), np.asarray(ys)
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    dof = len(y) - np.linalg.matrix_rank(x)
+    noise2 = max(float(np.sum((y - x @ coef) ** 2)) / max(dof, 1), 1e-12)
+    cov = noise2 * np.linalg.pinv(x.T @ x)[-3:, -3:]
+    a, b, v = coef[-3:]
+    grid = np.linspace(p_min, p_max, 701)
+    argmin = float(grid[np.argmin(a * grid + b * grid ** 2)])
+    sd = None
+    if b > 0 and p_min < -a / (2 * b) < p_max:
+        grad = np.array([-1 / (2 * b), a / (2 * b * b)])  # d(-a/2b)/d(a, b)
+        sd = float(math.sqrt(max(grad @ cov[:2, :2] @ grad, 0.0)))
+    return CurveFit(argmin, sd, np.asarray([a, b, v]), math.sqrt(noise2))
 
 
 @ratio_rule("pooled")
@@ -173,76 +246,160 @@ def pooled(st: ControllerState, s: ControllerOptions) -> float | None:
     return None if fit is None else fit[0]
 
 
+@ratio_rule("fit")
+def fitted(st: ControllerState, s: ControllerOptions) -> float | None:
+    """The minimum of the `fit` controller's curve (CurveFit: every probe, round offsets, the distance-from-p
+    penalty factored out)."""
+    fit = curve_fit(st.trials, s.p_min, s.p_max)
+    return None if fit is None else fit.argmin
+
+
 def ratios_by_rule(st: ControllerState, s: ControllerOptions) -> dict[str, float]:
     """p* by every registered rule; a rule that cannot tell (None) gives the committed ratio."""
     return {name: st.p if (ratio := fn(st, s)) is None else ratio for name, fn in RATIO_RULES.items()}
 
 
-class Controller:
-    """Runs rounds on a model with merged, masked adapters. `loss_fn()` is the micro-dev loss."""
+# ------------------------------------------------------------------ controllers: how a round moves the policy
 
-    def __init__(self, settings: ControllerOptions, loss_fn: Callable[[], float],
-                 score_fn: Callable[[], dict[str, torch.Tensor]], commit_fn: Callable[[prune.Masks], int],
-                 scope: str = "per_tensor"):
+MIN_SIGMA = 0.02  # the least exploration a scale-free controller keeps: below it probes differ by noise only
+
+
+def paper_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
+    """The authors' round (SPEC §1.6): REINFORCE on raw advantages, entropy bonus, pull toward p; commit toward
+    the best candidate when its reward is >= 0."""
+    finite = [r if math.isfinite(r) else min((x for x in rewards if math.isfinite(x)), default=0.0) for r in rewards]
+    adv = advantages(finite, s.advantage)
+    mu_next, sigma_next = policy_update(st.mu, st.sigma, st.p, candidates, adv, s)
+    p_next, committed, applied = commit_rule(st.p, candidates, rewards, s)
+    return {"advantages": adv, "mu_next": mu_next, "sigma_next": sigma_next, "p_next": p_next,
+            "committed": committed, "applied": applied}
+
+
+def nes_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
+    """Scale-free: rank utilities, NES steps in units of sigma; p follows mu (bounded by max_ratio_step)."""
+    finite = [r if math.isfinite(r) else -math.inf for r in rewards]  # a NaN trial ranks last
+    adv = advantages(finite, "rank")
+    mu_next, sigma_next = nes_update(st.mu, st.sigma, candidates, adv, s)
+    return {"advantages": adv, "mu_next": mu_next, "sigma_next": sigma_next, **follow_mu(st.p, mu_next, s)}
+
+
+def fit_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
+    """Model-based: mu is the minimum of the curve fitted to every probe so far (CurveFit), sigma its uncertainty
+    (floored at MIN_SIGMA; the prior sigma while the data do not place a minimum). Call after `observe`."""
+    fit = curve_fit(st.trials, s.p_min, s.p_max)
+    if fit is None:
+        mu_next, sigma_next = st.mu, st.sigma
+    else:
+        mu_next = fit.argmin
+        sigma_next = initial_sigma(s) if fit.sd is None else clamp(fit.sd, MIN_SIGMA, initial_sigma(s))
+    return {"advantages": advantages([r if math.isfinite(r) else 0.0 for r in rewards]), "mu_next": mu_next,
+            "sigma_next": sigma_next, **follow_mu(st.p, mu_next, s)}
+
+
+def follow_mu(p: float, mu: float, s: ControllerOptions) -> dict:
+    p_next = move_toward(p, mu, s)
+    return {"p_next": p_next, "committed": p_next, "applied": p_next}
+
+
+# name -> (the round's update, what its options default to); the options a user sets win over these
+CONTROLLERS: dict[str, tuple[Callable, dict]] = {
+    "paper": (paper_round, dict(ratio_rule="best_trial", advantage="none", policy_lr=0.05, kl_coef=0.05,
+                                entropy_bonus=0.01, sigma_lr=0.0)),
+    "reinforce": (paper_round, dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05,
+                                    entropy_bonus=0.01, sigma_lr=0.0)),
+    "nes": (nes_round, dict(ratio_rule="policy_mean", advantage="rank", policy_lr=1.0, kl_coef=0.0,
+                            entropy_bonus=0.0, sigma_lr=0.6)),
+    "fit": (fit_round, dict(ratio_rule="fit", advantage="none", policy_lr=0.0, kl_coef=0.0, entropy_bonus=0.0,
+                            sigma_lr=0.0)),
+}
+
+
+def probe(model, scores: dict[str, torch.Tensor], ratios: list[float], scope: str,
+          loss_fn: Callable[[], float]) -> list[float]:
+    """The micro-dev loss with each ratio's mask applied as a trial (reverted exactly after each)."""
+    losses = []
+    for rho in ratios:
+        with prune.trial(model, prune.masks_for_ratio(scores, rho, scope)):
+            losses.append(loss_fn())
+    return losses
+
+
+def from_prior(p_star: float, st: ControllerState, s: ControllerOptions) -> bool:
+    """p* ended within 0.05 of p_init while sigma never fell below its start: the prior, not a finding."""
+    return abs(p_star - s.p_init) <= 0.05 and min(st.min_sigma, st.sigma) >= initial_sigma(s) - 1e-12
+
+
+def offline(settings: ControllerOptions, loss_at: Callable[[int, float, float], float], rounds: int) -> "Controller":
+    """The controller run on a loss surface instead of a model: `loss_at(round, committed p, ratio)` is the micro-dev
+    loss a probe would measure (a synthetic curve in tests, a recorded trace in benchmarks/replay_controller.py)."""
+    k, p = [0], [settings.p_init]
+    ctrl = Controller(settings, lambda ratios: [loss_at(k[0], p[0], r) for r in ratios],
+                      lambda ratio: p.__setitem__(0, ratio), lambda: loss_at(k[0], p[0], p[0]))
+    for k[0] in range(rounds):
+        ctrl.history.append(ctrl.round(k[0]))
+    return ctrl
+
+
+class Controller:
+    """Runs rounds: `probe(ratios)` gives the micro-dev loss under each ratio's trial mask (the first entry is
+    the committed ratio's, the base loss), `commit(ratio)` applies a ratio's mask for training. The model is
+    reached only through these two, so the same controller runs on a model, a recorded trace or a synthetic
+    curve."""
+
+    def __init__(self, settings: ControllerOptions, probe_fn: Callable[[list[float]], list[float]],
+                 commit_fn: Callable[[float], object], base_fn: Callable[[], float]):
         self.s = settings
-        self.loss_fn, self.score_fn, self.scope = loss_fn, score_fn, scope
-        self.commit_fn = commit_fn
+        self.probe_fn, self.commit_fn, self.base_fn = probe_fn, commit_fn, base_fn
+        self.update = CONTROLLERS[settings.controller][0]
         self.rng = np.random.Generator(np.random.PCG64(settings.controller_seed))
         self.state = ControllerState(p=settings.p_init, mu=settings.p_init, sigma=initial_sigma(settings))
-        self._scores: dict[str, torch.Tensor] | None = None
+        self.history: list[dict] = []  # the rounds' records, kept by offline runs (a model run appends history.jsonl)
 
-    def scores(self) -> dict[str, torch.Tensor]:
-        if self._scores is None or self.s.importance_refresh == "every_round":
-            self._scores = self.score_fn()
-        return self._scores
-
-    def round(self, model, step: int) -> dict:
+    def round(self, step: int) -> dict:
         """One round: probe G candidate ratios as trial masks, update the policy, maybe commit."""
         start = time.time()
         st, s = self.state, self.s
-        base_loss = self.loss_fn()
-        scores = self.scores()
+        base_loss = self.base_fn()
         candidates = sample_candidates(self.rng, st.mu, st.sigma, s.group_size, s.p_min, s.p_max)
-        losses = []
-        for rho in candidates:
-            with prune.trial(model, prune.masks_for_ratio(scores, rho, self.scope)):
-                losses.append(self.loss_fn())
+        losses = self.probe_fn(candidates)
         rewards = [base_loss - l if math.isfinite(l) else float("nan") for l in losses]
-        finite = [r if math.isfinite(r) else min((x for x in rewards if math.isfinite(x)), default=0.0) for r in rewards]
-        adv = advantages(finite, s.advantage)
-        mu_next, sigma_next = policy_update(st.mu, st.sigma, st.p, candidates, adv, s)
-        p_next, committed, applied = commit_rule(st.p, candidates, rewards, s)
-        if applied is not None:
-            self.commit_fn(prune.masks_for_ratio(scores, applied, self.scope))
+        record = {"step": step, "p": st.p, "mu": st.mu, "sigma": st.sigma, "candidates": candidates,
+                  "base_loss": base_loss, "losses": losses, "rewards": rewards}
+        trace_seconds = 0.0
+        if s.trace_ratios:  # diagnosis: the loss at fixed ratios on this round's weights, unseen by the policy
+            t0 = time.time()
+            record["trace"] = [[r, l] for r, l in zip(s.trace_ratios, self.probe_fn(list(s.trace_ratios)))]
+            record["trace_seconds"] = trace_seconds = time.time() - t0
         st.observe(base_loss, candidates, losses, rewards)
-        record = {
-            "step": step, "p": st.p, "mu": st.mu, "sigma": st.sigma, "candidates": candidates,
-            "base_loss": base_loss, "losses": losses, "rewards": rewards, "advantages": adv,
-            "committed": committed, "applied": applied, "p_next": p_next, "mu_next": mu_next,
-            "sigma_next": sigma_next, "kept_fraction": prune.kept_fraction(prune.current_masks(model)),
-            "seconds": time.time() - start,
-        }
-        st.p, st.mu, st.sigma = p_next, mu_next, sigma_next
+        decision = self.update(st, candidates, rewards, s)
+        if decision["applied"] is not None:
+            self.commit_fn(decision["applied"])
+        st.min_sigma = min(st.min_sigma, st.sigma, decision["sigma_next"])
+        st.p, st.mu, st.sigma = decision["p_next"], decision["mu_next"], decision["sigma_next"]
         st.rounds += 1
-        return record
+        return {**record, **decision, "seconds": time.time() - start - trace_seconds}
 
     def result(self) -> dict:
         """ratio.json: p* by the asked rule (the committed ratio when that rule cannot tell, e.g. no
-        finite trial; `rule` says which was used) and what every registered rule gives."""
+        finite trial; `rule` says which was used) and what every registered rule gives. `from_prior`: p* ended
+        within 0.05 of p_init while sigma never fell below its start -- the ratio is then the prior, not a
+        finding."""
         st = self.state
         by_rule = {name: fn(st, self.s) for name, fn in RATIO_RULES.items()}
         rule = self.s.ratio_rule if by_rule[self.s.ratio_rule] is not None else "committed"
         return {"prune_ratio": by_rule[rule], "rule": rule, "asked_rule": self.s.ratio_rule,
-                "by_rule": by_rule, "trials": sum(len(t[2]) for t in st.trials),
+                "controller": self.s.controller, "by_rule": by_rule, "trials": sum(len(t[2]) for t in st.trials),
                 "best_reward": st.best_reward if math.isfinite(st.best_reward) else None,
-                "best_candidate": st.best_candidate,
-                "rounds": st.rounds, "final_p": st.p, "final_mu": st.mu, "final_sigma": st.sigma}
+                "best_candidate": st.best_candidate, "from_prior": self.from_prior(by_rule[rule]),
+                "rounds": st.rounds, "final_p": st.p, "final_mu": st.mu, "final_sigma": st.sigma,
+                "min_sigma": min(st.min_sigma, st.sigma)}
+
+    def from_prior(self, p_star: float) -> bool:
+        return from_prior(p_star, self.state, self.s)
 
     def state_dict(self) -> dict:
-        return {"state": asdict(self.state), "rng": self.rng.bit_generator.state,
-                "scores": self._scores}
+        return {"state": asdict(self.state), "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, sd: dict) -> None:
         self.state = ControllerState(**sd["state"])
         self.rng.bit_generator.state = sd["rng"]
-        self._scores = sd["scores"]

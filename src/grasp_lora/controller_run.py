@@ -13,7 +13,7 @@ import torch
 from . import distributed, prune
 from .adapter_io import export_peft
 from .config import SearchConfig
-from .controller import Controller, ControllerState
+from .controller import Controller, ControllerState, probe
 from .files import append_jsonl, atomic_path, truncate_jsonl, write_json
 from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
 from .model_card import write_model_card
@@ -25,12 +25,25 @@ class SearchHooks(PruneHooks):
     def __init__(self, setup: MergedSetup, cfg: SearchConfig, work: Path, tracker: Tracker):
         super().__init__(setup, cfg)
         self.tracker = tracker
-        probe = LossProbe(setup.examples["micro_dev"], setup.tok.pad_token_id, setup.device, cfg.eval_batch_size)
-        loss_fn: Callable[[], float] = lambda: probe(setup.model)
-        self.controller = Controller(cfg, loss_fn, self.scores, self.commit, cfg.scope)
+        micro_dev = LossProbe(setup.examples["micro_dev"], setup.tok.pad_token_id, setup.device, cfg.eval_batch_size)
+        self.loss_fn: Callable[[], float] = lambda: micro_dev(setup.model)
+        self.controller = Controller(cfg, self.probe, self.prune_to_scores, self.loss_fn)
         self.history = work / "history.jsonl"
         self.every = cfg.round_every
         self.probe_seconds = 0.0
+        self._scores: dict[str, torch.Tensor] | None = None  # the controller's importance (refresh: once | every_round)
+
+    def round_scores(self) -> dict[str, torch.Tensor]:
+        if self._scores is None or self.cfg.importance_refresh == "every_round":
+            self._scores = self.scores()
+        return self._scores
+
+    def probe(self, ratios: list[float]) -> list[float]:
+        return probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
+
+    def prune_to_scores(self, ratio: float) -> int:
+        """Commit a ratio's mask by this round's importance (the scores its candidates were probed with)."""
+        return self.commit(prune.masks_for_ratio(self.round_scores(), ratio, self.cfg.scope))
 
     def after_step(self, step):
         if step % self.every == 0:
@@ -39,19 +52,22 @@ class SearchHooks(PruneHooks):
         return {"p": st.p, "mu": st.mu, "sigma": st.sigma}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "controller": self.controller.state_dict(), "probe_seconds": self.probe_seconds}
+        return {**super().state_dict(), "controller": self.controller.state_dict(), "probe_seconds": self.probe_seconds,
+                "scores": self._scores}
 
     def load_state_dict(self, state: dict, step: int) -> None:
         super().load_state_dict(state, step)
         self.controller.load_state_dict(state["controller"])
         self.probe_seconds = state["probe_seconds"]
+        self._scores = state["scores"]
         if distributed.is_main():
             truncate_jsonl(self.history, lambda r: r["step"] <= step)
 
     def controller_round(self, step: int) -> None:
         """Rank 0 probes and decides; every other rank takes its masks and state."""
         if distributed.is_main():
-            record = self.controller.round(self.setup.model, step)
+            record = self.controller.round(step)
+            record["kept_fraction"] = prune.kept_fraction(prune.current_masks(self.setup.model))
             self.probe_seconds += record["seconds"]
             append_jsonl(self.history, record)
             rewards = [r for r in record["rewards"] if r is not None and math.isfinite(r)]
