@@ -70,7 +70,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int], controller_seeds: list[int],
              variants: dict[str, dict], starts: list[float], data: str | None, adapters: list[str] | None,
-             report_only: bool, verify: bool = False, trace: bool = False) -> dict:
+             report_only: bool, verify: bool = False, trace: tuple[list[float], int] | None = None) -> dict:
     from grasp_lora.controller_run import search
 
     exp = Experiment(cfg, out)
@@ -111,9 +111,11 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
                     grid[p][s] = info["val_loss"]
 
     run_grid(grid_seeds[:1])
-    if trace:  # one reinforce run from 0.4 that also probes every grid ratio each round (replay_controller.py)
-        stage(f"trace/seed{controller_seeds[0]}", controller(controller_seeds[0], {"controller": "reinforce",
-                                                                               "trace_ratios": GRID}))
+    if trace:  # one reinforce run from 0.4 that also probes fixed ratios each round (replay_controller.py)
+        ratios, steps = trace
+        name = f"trace/seed{controller_seeds[0]}" if not steps else f"trace-lookahead{steps}/seed{controller_seeds[0]}"
+        stage(name, controller(controller_seeds[0], {"controller": "reinforce", "trace_ratios": ratios,
+                                                     "lookahead_steps": steps}))
     for s in controller_seeds:  # every start and variant of one seed before the next seed: all columns fill early
         for v, opts in variants.items():
             for p0 in starts:
@@ -320,8 +322,12 @@ def main():
     ap.add_argument("--starts", type=float, nargs="+", default=[0.2, 0.4, 0.6], help="p_init of the controller runs")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=value,...: another set of controller runs with these controller options")
-    ap.add_argument("--trace", action="store_true", help="also one reinforce run that probes every grid ratio each "
-                    "round (stage trace/): the recorded losses replay any controller in seconds (replay_controller.py)")
+    ap.add_argument("--trace", action="store_true", help="first one reinforce run that also probes every grid ratio "
+                    "each round (stage trace/): the recorded losses replay any controller in seconds "
+                    "(replay_controller.py)")
+    ap.add_argument("--trace-ratios", type=float, nargs="+", default=GRID, help="with --trace: the ratios probed")
+    ap.add_argument("--trace-lookahead", type=int, default=0, metavar="N", help="with --trace: that run's probes "
+                    "train N steps under each mask first (stage trace-lookaheadN/; its trace holds both)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option for every case")
     ap.add_argument("--verify-retrained", action="store_true",
                     help="the kept stages' adapters differ in bits from this machine's: rerun grid p=0.1 seed 42 and "
@@ -332,7 +338,7 @@ def main():
                     "into --out and continues where this one stopped (runs/ is not kept between sessions)")
     args = ap.parse_args()
     if args.keep_state:
-        keep_state(Path(args.out), Path(args.keep_state), ["*/grid/*/*", "*/search/*/*/*", "*/trace/*"],
+        keep_state(Path(args.out), Path(args.keep_state), ["*/grid/*/*", "*/search/*/*/*", "*/trace*/*"],
                    "python benchmarks/bench_controller.py --case ...")
         return
     variants = dict([(c, {"controller": c}) for c in args.controllers] + [parse_variant(v) for v in args.variant])
@@ -347,7 +353,7 @@ def main():
         print(describe(name, cfg, args.grid_seeds, args.controller_seeds, args.starts), flush=True)
         results.append(run_case(name, cfg, Path(args.out) / name, args.grid_seeds, args.controller_seeds, variants,
                                 args.starts, args.data, args.adapters, args.report_only, args.verify_retrained,
-                                args.trace))
+                                (args.trace_ratios, args.trace_lookahead) if args.trace else None))
     leave_one_out(results)
     for r in results:
         print(f"case {r['case']}:\n{report(r)}", flush=True)

@@ -233,6 +233,24 @@ def test_search_with_a_learning_controller(tmp_path, tiny_model, tiny_adapters, 
     assert 0.1 <= ratio["prune_ratio"] <= 0.8
 
 
+def test_lookahead_probes_restore_everything(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """Look-ahead probes train under each mask and then put weights, moments, masks, stashes and the dropout RNG
+    back: a run that also traces two look-ahead probes every round trains exactly as one that does not, and the
+    two probes of one ratio on one round's weights agree to the bit."""
+    logs = {}
+    for name, extra in (("plain", []), ("traced", ["--trace-ratios", "0.3", "0.3"])):
+        out = tmp_path / name
+        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--lookahead-steps", 2, *extra)) == 0
+        logs[name] = ([r["loss"] for r in read_jsonl(out / "train_log.jsonl")], read_jsonl(out / "history.jsonl"))
+    assert logs["plain"][0] == logs["traced"][0]
+    strip = lambda h: [{k: v for k, v in r.items() if not k.startswith(("seconds", "trace"))} for r in h]
+    assert strip(logs["plain"][1]) == strip(logs["traced"][1])
+    for rec in logs["traced"][1]:
+        (_, a), (_, b) = rec["trace_lookahead"]
+        assert a == b and math.isfinite(a) and [r for r, _ in rec["trace"]] == [0.3, 0.3]
+        assert all(math.isfinite(r) for r in rec["rewards"])
+
+
 @pytest.mark.parametrize("form", ["sum", "paper"])
 def test_finetune_merged_exports_peft_adapter(tmp_path, tiny_model, tiny_adapters, demo_data, form):
     from peft import PeftModel

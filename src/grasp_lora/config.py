@@ -250,6 +250,9 @@ class ControllerOptions(Checked):
                                           "(the fit controller's curve)", choices=RATIO_RULES)
     advantage: Optional[str] = opt(None, "advantages r - mean(r) (none, the paper), also divided by std(r), or rank "
                                          "utilities (nes)", choices=ADVANTAGES)
+    lookahead_steps: int = opt(0, "each probe first trains this many optimizer steps under its mask (on the same "
+                                   "training examples for every candidate and the committed ratio's reference), then "
+                                   "measures the micro-dev loss; restored exactly after (0: instant masking, the paper)")
     trace_ratios: list[float] = opt([], "diagnosis: also probe these ratios every round and record their micro-dev "
                                         "losses in history.jsonl (`trace`); the controller does not see them, and "
                                         "their time is not counted in probe_seconds")
@@ -262,6 +265,7 @@ class ControllerOptions(Checked):
         above(self, "sigma_init", 0)
         for name in ("round_every", "group_size"):
             at_least(self, name, 1)
+        at_least(self, "lookahead_steps", 0)
         for name, value in CONTROLLERS[self.controller][1].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

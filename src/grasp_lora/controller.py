@@ -347,9 +347,12 @@ class Controller:
     curve."""
 
     def __init__(self, settings: ControllerOptions, probe_fn: Callable[[list[float]], list[float]],
-                 commit_fn: Callable[[float], object], base_fn: Callable[[], float]):
+                 commit_fn: Callable[[float], object], base_fn: Callable[[], float],
+                 trace_fn: Callable[[list[float]], dict] | None = None):
         self.s = settings
         self.probe_fn, self.commit_fn, self.base_fn = probe_fn, commit_fn, base_fn
+        # what a round records for `trace_ratios` (default: {"trace": [[ratio, probe loss], ...]})
+        self.trace_fn = trace_fn or (lambda ratios: {"trace": [list(x) for x in zip(ratios, probe_fn(ratios))]})
         self.update = CONTROLLERS[settings.controller][0]
         self.rng = np.random.Generator(np.random.PCG64(settings.controller_seed))
         self.state = ControllerState(p=settings.p_init, mu=settings.p_init, sigma=initial_sigma(settings))
@@ -368,7 +371,7 @@ class Controller:
         trace_seconds = 0.0
         if s.trace_ratios:  # diagnosis: the loss at fixed ratios on this round's weights, unseen by the policy
             t0 = time.time()
-            record["trace"] = [[r, l] for r, l in zip(s.trace_ratios, self.probe_fn(list(s.trace_ratios)))]
+            record.update(self.trace_fn(list(s.trace_ratios)))
             record["trace_seconds"] = trace_seconds = time.time() - t0
         st.observe(base_loss, candidates, losses, rewards)
         decision = self.update(st, candidates, rewards, s)

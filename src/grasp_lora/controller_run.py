@@ -3,11 +3,13 @@ controller probes candidate ratios on the micro-dev set every K steps; writes hi
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from . import distributed, prune
@@ -18,7 +20,8 @@ from .files import append_jsonl, atomic_path, truncate_jsonl, write_json
 from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
 from .model_card import write_model_card
 from .tracking import Tracker
-from .train import LossProbe, train
+from .data.batching import collate
+from .train import LossProbe, example_nll, rng_state, set_rng_state, train
 
 
 class SearchHooks(PruneHooks):
@@ -27,7 +30,7 @@ class SearchHooks(PruneHooks):
         self.tracker = tracker
         micro_dev = LossProbe(setup.examples["micro_dev"], setup.tok.pad_token_id, setup.device, cfg.eval_batch_size)
         self.loss_fn: Callable[[], float] = lambda: micro_dev(setup.model)
-        self.controller = Controller(cfg, self.probe, self.prune_to_scores, self.loss_fn)
+        self.controller = Controller(cfg, self.probe, self.prune_to_scores, self.base_loss, self.trace)
         self.history = work / "history.jsonl"
         self.every = cfg.round_every
         self.probe_seconds = 0.0
@@ -39,7 +42,52 @@ class SearchHooks(PruneHooks):
         return self._scores
 
     def probe(self, ratios: list[float]) -> list[float]:
+        if self.cfg.lookahead_steps:
+            return [self.lookahead(self.prune_to_scores, r) for r in ratios]
         return probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
+
+    def trace(self, ratios: list[float]) -> dict:
+        """The micro-dev loss at fixed ratios, instant (`trace`) and, with look-ahead, after it (`trace_lookahead`)."""
+        instant = probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
+        out = {"trace": [list(x) for x in zip(ratios, instant)]}
+        if self.cfg.lookahead_steps:
+            out["trace_lookahead"] = [list(x) for x in zip(ratios, self.probe(ratios))]
+        return out
+
+    def base_loss(self) -> float:
+        if self.cfg.lookahead_steps:  # the reference trains the same steps under the committed mask
+            return self.lookahead(lambda _: None, self.controller.state.p)
+        return self.loss_fn()
+
+    def lookahead(self, apply: Callable[[float], object], ratio: float) -> float:
+        """The micro-dev loss after `lookahead_steps` optimizer steps under `ratio`'s mask, from this round's
+        weights, on training examples drawn by the round (the same for every candidate); then everything --
+        weights, optimizer moments, masks, stashes, the RNG of dropout -- is restored exactly."""
+        model, cfg, opt = self.setup.model, self.cfg, self.optimizer
+        params = trainable(self.setup)
+        saved = ([p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()), prune.current_masks(model),
+                 prune.stashes(model), rng_state())
+        train = self.setup.examples["train"]
+        pick = np.random.default_rng([cfg.seed, self.controller.state.rounds])
+        per_step = cfg.batch_size * cfg.grad_accum
+        try:
+            apply(ratio)
+            for _ in range(cfg.lookahead_steps):
+                chosen = [train[i] for i in pick.choice(len(train), min(per_step, len(train)), replace=False)]
+                for s in range(0, len(chosen), cfg.batch_size):
+                    batch = collate(chosen[s:s + cfg.batch_size], self.setup.tok.pad_token_id, self.setup.device)
+                    (example_nll(model, batch).sum() / len(chosen)).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return self.loss_fn()
+        finally:
+            with torch.no_grad():
+                for p, v in zip(params, saved[0]):
+                    p.copy_(v)
+            opt.load_state_dict(saved[1])
+            prune.set_masks(model, saved[2])
+            prune.set_stashes(model, saved[3])
+            set_rng_state(saved[4])
 
     def prune_to_scores(self, ratio: float) -> int:
         """Commit a ratio's mask by this round's importance (the scores its candidates were probed with)."""

@@ -1,0 +1,92 @@
+"""Replay any controller, in seconds, on the probe traces of a real controller run, and score it on the grid.
+
+A trace stage of bench_controller.py (`--trace`) probes every grid ratio at every round of one real run and records
+those micro-dev losses in its history.jsonl (`trace`). Here each controller runs offline (controller.offline) on
+that surface: a probe at ratio r in round k gets the trace's loss at r (linear between grid ratios). What a replay
+cannot show: how the controller's own commits would have changed the weights (the trace's run committed its own
+ratios), so it ranks variants for a real run, it does not replace one.
+
+For each case it also prints what the traces say by themselves: per round, the rank correlation between the
+micro-dev loss at the grid ratios and the grid's val loss (Spearman; 1 = the round's probes order the ratios as the
+grid does), and the ratio each round's probes favour.
+
+    python benchmarks/replay_controller.py [--out runs/bench-controller] [--case mlqa-ar ...]
+        [--controllers reinforce nes fit] [--starts 0.2 0.4 0.6] [--seeds 42 1337 9001]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench_controller import interpolate
+from grasp_lora.config import ControllerOptions
+from grasp_lora.controller import CONTROLLERS, offline
+from grasp_lora.files import read_jsonl
+
+
+def grid_curve(case: Path) -> dict[float, float]:
+    points: dict[float, list[float]] = {}
+    for done in case.glob("grid/p*/seed*/done.json"):
+        points.setdefault(float(done.parts[-3][1:]), []).append(json.loads(done.read_text())["val_loss"])
+    return {p: float(np.mean(v)) for p, v in sorted(points.items())}
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    rank = lambda v: np.argsort(np.argsort(v))
+    return float(np.corrcoef(rank(x), rank(y))[0, 1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench-controller")
+    ap.add_argument("--case", nargs="+", default=["mlqa-ar", "mlqa-zh", "demo"])
+    ap.add_argument("--controllers", nargs="+", default=sorted(CONTROLLERS), choices=sorted(CONTROLLERS))
+    ap.add_argument("--starts", type=float, nargs="+", default=[0.2, 0.4, 0.6])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 1337, 9001], help="controller seeds")
+    args = ap.parse_args()
+    for name in args.case:
+        case = Path(args.out) / name
+        curve = grid_curve(case)
+        # finished trace stages, else ones still running (their staging folder)
+        traces = sorted(case.glob("trace*/seed*/history.jsonl")) or sorted(case.glob("trace*/seed*/.*/history.jsonl"))
+        if not traces or len(curve) < 2:
+            print(f"case {name}: no trace or grid in {case} (bench_controller.py --trace)")
+            continue
+        print(f"case {name}: grid best p = {min(curve, key=curve.get)} over {len(curve)} ratios")
+        for path in traces:
+            history = read_jsonl(path)
+            for key in ("trace", "trace_lookahead"):
+                rounds = [r[key] for r in history if key in r]
+                if rounds:
+                    print(f"  {key} of {path.relative_to(case)}: {len(rounds)} rounds")
+                    analyse(rounds, [r["p"] for r in history if key in r], curve, args)
+
+
+def analyse(rounds: list[list], committed: list[float], curve: dict[float, float], args) -> None:
+    lo, hi = min(curve.values()), max(curve.values())
+    regret = lambda p: (interpolate(curve, p) - lo) / (hi - lo)
+    rhos = [spearman([l for r, l in t if r in curve], [curve[r] for r, _ in t if r in curve]) for t in rounds]
+    print(f"    per round, Spearman(probe loss, grid val loss): {' '.join(f'{x:+.2f}' for x in rhos)} "
+          f"(mean {np.mean(rhos):+.2f})")
+    print(f"    per round, the ratio with the lowest probe loss: "
+          f"{' '.join(f'{min(t, key=lambda x: x[1])[0]:.1f}' for t in rounds)}; committed p: "
+          f"{' '.join(f'{p:.2f}' for p in committed)}")
+
+    def loss_at(k: int, p: float, ratio: float) -> float:
+        return interpolate({r: l for r, l in rounds[k]}, ratio)
+
+    print(f"    {'controller':<12}{'start':>6}  {'p* per seed':<24}{'regret':>8}{'start held':>12}")
+    for c in args.controllers:
+        for p0 in args.starts:
+            ps = [offline(ControllerOptions(controller=c, p_init=p0, controller_seed=s), loss_at,
+                          len(rounds)).result()["prune_ratio"] for s in args.seeds]
+            print(f"    {c:<12}{p0:>6}  {' '.join(f'{p:.3f}' for p in ps):<24}"
+                  f"{np.mean([regret(p) for p in ps]):>8.3f}{regret(p0):>12.3f}")
+
+
+if __name__ == "__main__":
+    main()
