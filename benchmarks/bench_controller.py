@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import ADAPTER_STEPS, GRID, MLQA, check_adapters, data_and_adapters, final_run, keep_state
+from cases import ADAPTER_STEPS, GRID, MLQA, check_adapters, data_and_adapters, final_run, interpolate, keep_state
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
 from grasp_lora.controller import CONTROLLERS, RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.demo import corpus_file
@@ -138,11 +138,6 @@ def verify_retrained(exp: Experiment, adapters: list[str]) -> None:
     if abs(diff) > 1e-3:
         raise SystemExit(f"{exp.out}: the retrained adapters do not reproduce the kept grid point; start afresh")
     (exp.out / "adapters.sha256.json").unlink()
-
-
-def interpolate(curve: dict[float, float], p: float) -> float:
-    xs = sorted(curve)
-    return float(np.interp(p, xs, [curve[x] for x in xs]))
 
 
 def discriminating_power(grid: dict[float, dict[int, float]]) -> float | None:

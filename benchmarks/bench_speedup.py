@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from cases import GRID, check_adapters, data_and_adapters, final_run, keep_state
+from cases import GRID, check_adapters, data_and_adapters, final_run, interpolate, keep_state
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
 from grasp_lora.demo import corpus_file
 from grasp_lora.files import RUN_NAME, read_jsonl
@@ -240,14 +240,18 @@ def main():
     print("grid val loss: " + "  ".join(f"{p}:{grid[p]['val_loss']:.4f}" for p in GRID))
     print(f"grid winner p = {winner}: val loss over seeds {cfg.seed}, {', '.join(map(str, WINNER_SEEDS))}: "
           + ", ".join(f"{v:.4f}" for v in seeds_val) + f" (spread {lo:.4f}..{hi:.4f})")
-    print(f"{'side':<9}{'runs':>5}{'wall min':>10}{'speed-up':>10}{'p':>7}{'val loss':>10}{'EM':>7}{'F1':>7}  "
-          "within the winner's seed spread")
+    curve = {p: grid[p]["val_loss"] for p in GRID}  # seed cfg.seed's
+    regret = lambda p: (interpolate(curve, p) - min(curve.values())) / (max(curve.values()) - min(curve.values()))
+    print(f"{'side':<9}{'runs':>5}{'wall min':>10}{'speed-up':>10}{'p':>7}{'regret':>8}{'val loss':>10}{'EM':>7}"
+          f"{'F1':>7}  within the winner's seed spread")
     for name, (seconds, q, p) in sides.items():
         runs = {"grid": 8, "grasp": 2, "one_run": 1}.get(name) or sum(
             len(v) for v in ashas["epochs_per_trial"].values()) / cfg.epochs
         within = "yes" if q["val_loss"] <= hi else f"no (+{q['val_loss'] - hi:.4f})"
-        print(f"{name:<9}{runs:>5.2g}{sum(seconds) / 60:>10.2f}{grid_s / sum(seconds):>9.2f}x{p:>7.3f}"
+        print(f"{name:<9}{runs:>5.2g}{sum(seconds) / 60:>10.2f}{grid_s / sum(seconds):>9.2f}x{p:>7.3f}{regret(p):>8.3f}"
               f"{q['val_loss']:>10.4f}{q['exact_match']:>7.2f}{q['f1']:>7.2f}  {within}")
+    print("regret: the side's p on the grid's val-loss curve (seed " + str(cfg.seed) + "), normalised: 0 = the grid's "
+          "best p, 1 = its worst")
     for name, goal in GOALS.items():
         got = grid_s / sum(sides[name][0])
         print(f"goal {name}: >= {goal}x -> {got:.2f}x, {'met' if got >= goal else 'NOT met'}")
@@ -284,8 +288,10 @@ def main():
     print(f"ASHA (reduction factor {ashas['reduction_factor']}, grace 1 epoch, max {cfg.epochs}): epochs run per p "
           + " ".join(f"{p}:{len(v)}" for p, v in per_trial.items()) + f"; Ray start {ashas['ray_start_seconds']:.1f} s")
     for name in ("grasp", "one_run"):
-        seconds, q, _ = sides[name]
+        seconds, q, p = sides[name]
         a, g = ashas["run_seconds"] / 60, sum(seconds) / 60
+        print(f"ASHA's pick against {name}'s: regret {regret(ashas['prune_ratio']):.3f} against {regret(p):.3f} "
+              f"({'no worse' if regret(p) <= regret(ashas['prune_ratio']) else 'WORSE'} than ASHA's)")
         print(f"ASHA against {name}: {'faster' if a < g else 'slower'} ({a:.2f} against {g:.2f} min) and "
               f"{'better' if ashas['quality']['val_loss'] < q['val_loss'] else 'worse'} on val loss "
               f"({ashas['quality']['val_loss']:.4f} against {q['val_loss']:.4f})")

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from grasp_lora.config import DataPrepareConfig, ExperimentConfig, FinetuneMergedConfig, TrainAdapterConfig
 from grasp_lora.data.prepare import prepare_data
 from grasp_lora.files import write_json
@@ -50,6 +52,12 @@ def final_run(exp: Experiment, data: str, adapters: list[str], p: float, seed: i
         FinetuneMergedConfig, data=data, adapters=adapters, prune_ratio=p, seed=seed, out=str(out),
         merge_form=cfg.merge_form, criterion=cfg.final_criterion, reprune=cfg.reprune, resume=True, **options))
     return summary
+
+
+def interpolate(curve: dict[float, float], p: float) -> float:
+    """A grid curve's value at p, linear between its ratios."""
+    xs = sorted(curve)
+    return float(np.interp(p, xs, [curve[x] for x in xs]))
 
 
 STAGE_RECORDS = ("done.json", "history.jsonl", "ratio.json")

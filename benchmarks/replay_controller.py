@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_controller import interpolate
+from cases import interpolate
 from grasp_lora.config import ControllerOptions
 from grasp_lora.controller import CONTROLLERS, offline
 from grasp_lora.files import read_jsonl

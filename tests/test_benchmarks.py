@@ -1,4 +1,5 @@
-"""The benchmarks are code too: bench_speedup end to end on the tiny model, and its kept state continues it."""
+"""The benchmarks are code too: bench_speedup end to end on the tiny model, and its kept state continues it;
+bench_controller's yardsticks and replay_controller on hand-made stage records."""
 
 import os
 import shutil
@@ -60,3 +61,77 @@ def test_bench_speedup_runs_and_its_kept_state_continues_it(tiny_model, tmp_path
 
 def stages_run(output: str) -> list[str]:
     return [line.split()[1] for line in output.splitlines() if line.strip().startswith("stage ")]
+
+
+def stage_records(case: Path, curves: dict[int, dict[float, float]], controllers: dict[tuple[str, float], list]) -> None:
+    """Finished grid and controller stages of one case, as bench_controller writes them."""
+    import json
+
+    from grasp_lora.config import ControllerOptions
+    from grasp_lora.controller import offline
+
+    for seed, curve in curves.items():
+        for p, loss in curve.items():
+            (case / f"grid/p{p}/seed{seed}").mkdir(parents=True)
+            (case / f"grid/p{p}/seed{seed}/done.json").write_text(json.dumps({"val_loss": loss}))
+    for (name, p0), losses in controllers.items():
+        ctrl = offline(ControllerOptions(controller=name, p_init=p0), losses, 6)
+        d = case / f"search/{name}/p{p0}/seed42"
+        d.mkdir(parents=True)
+        (d / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ctrl.history))
+        (d / "done.json").write_text(json.dumps({**ctrl.result(), "seconds": 10.0, "probe_seconds": 4.0,
+                                                 "options": {"controller": name, "p_init": p0}}))
+
+
+def test_bench_controller_yardsticks(tmp_path, monkeypatch):
+    """Discriminating power (span / mean seed std, ddof 1), the start held constant, random and the leave-one-out
+    constant, on hand-made curves whose answers are known; and the replay of a trace."""
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_controller as bc
+    import replay_controller
+
+    grid = bc.GRID
+    v = lambda best: {p: 1.0 + (p - best) ** 2 for p in grid}
+    # case a: optimum 0.2, seeds differ by +-0.01 everywhere (std 0.01414); case b: optimum 0.7
+    for name, best in (("a", 0.2), ("b", 0.7)):
+        stage_records(tmp_path / name, {42: {p: x + 0.01 for p, x in v(best).items()},
+                                         1337: {p: x - 0.01 for p, x in v(best).items()}},
+                      {("fit", 0.4): lambda k, p, r, best=best: 2.0 + 3 * (r - best) ** 2})
+    results = []
+    for name in ("a", "b"):
+        grid_runs = {p: {s: json.loads((tmp_path / name / f"grid/p{p}/seed{s}/done.json").read_text())["val_loss"]
+                         for s in (42, 1337)} for p in grid}
+        hist = [json.loads(line) for line in (tmp_path / name / "search/fit/p0.4/seed42/history.jsonl").open()]
+        run = {**json.loads((tmp_path / name / "search/fit/p0.4/seed42/done.json").read_text()), "history": hist}
+        results.append(bc.summarise(name, grid_runs, {"fit": {0.4: {42: run}}}, tmp_path / name))
+    a, b = results
+    span = 0.6 ** 2  # case a: (0.8 - 0.2)^2
+    assert a["power"] == pytest.approx(span / (0.02 / 2 ** 0.5))
+    assert a["grid_best"] == 0.2 and b["grid_best"] == 0.7
+    assert a["variants"]["fit"]["0.4"]["start_regret"] == pytest.approx(0.2 ** 2 / span)
+    assert a["variants"]["fit"]["0.4"]["rules"]["fit"]["regret"] == pytest.approx(0.0, abs=1e-3)  # found it
+    bc.leave_one_out(results)
+    assert a["loo_constant"]["p"] == 0.7 and a["loo_constant"]["regret"] == pytest.approx(0.5 ** 2 / span)
+    text = bc.report(a) + bc.overall(results)
+    assert "discriminating power" in text and "best constant on the other cases (p = 0.7)" in text
+    assert (tmp_path / "a" / "controller_vs_grid.png").stat().st_size > 0
+
+    # a trace: the loss at every grid ratio each round -- the replay scores any controller on it
+    trace = tmp_path / "a" / "trace/seed42"
+    trace.mkdir(parents=True)
+    rows = [{"p": 0.4, "trace": [[p, 2.0 - 0.01 * k + 3 * (p - 0.2) ** 2] for p in grid]} for k in range(6)]
+    (trace / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(sys, "argv", ["replay", "--out", str(tmp_path), "--case", "a", "--controllers", "fit",
+                                      "--starts", "0.6", "--seeds", "1"])
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        replay_controller.main()
+    out = buf.getvalue()
+    assert "Spearman(probe loss, grid val loss): +1.00" in out
+    fit_row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["fit"])
+    assert float(fit_row[2]) == pytest.approx(0.2, abs=0.01) and float(fit_row[3]) < 0.01
