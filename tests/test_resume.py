@@ -25,7 +25,7 @@ def killed(kill_at: int, *args) -> None:
 
 
 def without_time(rows):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "probe_seconds")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
 
 
 def command(kind, tiny_model, tiny_adapters, demo_data, out):
@@ -34,12 +34,15 @@ def command(kind, tiny_model, tiny_adapters, demo_data, out):
     ads = ["--adapters", tiny_adapters["en"], tiny_adapters["ar"]]
     return {"search": ["search", *common, *ads, "--round-every", 2],
             "search-reset-train": ["search", *common, *ads, "--round-every", 2, "--reset", "train"],
+            "search-fit-lookahead": ["search", *common, *ads, "--round-every", 2, "--controller", "fit",
+                                     "--lookahead-steps", 2, "--trace-ratios", 0.3],
             "finetune-merged": ["finetune-merged", *common, *ads, "--prune-ratio", 0.5, "--criterion", "sensitivity"],
             "train-adapter": ["train-adapter", *common]}[kind]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["search", "search-reset-train", "finetune-merged", "train-adapter"])
+@pytest.mark.parametrize("kind", ["search", "search-reset-train", "search-fit-lookahead", "finetune-merged",
+                                  "train-adapter"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_adapters, demo_data, kind):
     ref = tmp_path / "ref"
     assert cli(*command(kind, tiny_model, tiny_adapters, demo_data, ref)) == 0

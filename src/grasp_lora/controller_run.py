@@ -107,7 +107,7 @@ class SearchHooks(PruneHooks):
         super().load_state_dict(state, step)
         self.controller.load_state_dict(state["controller"])
         self.probe_seconds = state["probe_seconds"]
-        self._scores = state["scores"]
+        self._scores = state["scores"] if "scores" in state else state["controller"].get("scores")  # older runs
         if distributed.is_main():
             truncate_jsonl(self.history, lambda r: r["step"] <= step)
 
