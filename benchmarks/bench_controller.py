@@ -312,7 +312,7 @@ def main():
     ap.add_argument("--lang", default="ar", help="with --data: the target language")
     ap.add_argument("--grid-seeds", type=int, nargs="+", default=[42, 1337, 9001])
     ap.add_argument("--controller-seeds", type=int, nargs="+", default=[42, 1337, 9001])
-    ap.add_argument("--controllers", nargs="+", default=["reinforce", "fit"], choices=sorted(CONTROLLERS),
+    ap.add_argument("--controllers", nargs="*", default=["reinforce", "fit"], choices=sorted(CONTROLLERS),
                     help="controllers to run (each a set of controller runs under its name)")
     ap.add_argument("--starts", type=float, nargs="+", default=[0.2, 0.4, 0.6], help="p_init of the controller runs")
     ap.add_argument("--variant", action="append", default=[],

@@ -204,10 +204,10 @@ class CurveFit:
     one offset per round (training moves the model between rounds), one curve f(rho) = a*rho + b*rho^2 shared by
     all rounds, and a penalty v for a trial's distance from the mask the model trained under (a probe far from the
     committed p revives stale stashed values or removes trained ones: the cost of leaving p, not of the ratio).
-    argmin is f's minimum on [p_min, p_max]; sd its standard deviation by the delta method (None when f is not
-    convex there or the minimum lies at an end: the data do not place it)."""
+    argmin is f's minimum on [p_min, p_max]; sd the spread of that minimum over curves drawn from the fit's
+    uncertainty (a concave or flat draw puts its minimum at an end: the data do not place it yet)."""
     argmin: float
-    sd: float | None
+    sd: float
     coef: np.ndarray  # a, b, v
     noise: float  # residual standard deviation
 
@@ -225,18 +225,27 @@ def curve_fit(trials: list, p_min: float, p_max: float, min_dof: int = 2) -> Cur
             rows.append([float(k == j) for j in range(len(rounds))] + [r, r * r, abs(r - p)])
             ys.append(loss)
     x, y = np.asarray(rows), np.asarray(ys)
+    if np.linalg.matrix_rank(x) < x.shape[1]:  # every probe on one side of its p: v is a's twin, leave it out
+        x = x[:, :-1]
+    if np.linalg.matrix_rank(x) < x.shape[1]:
+        return None
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    dof = len(y) - np.linalg.matrix_rank(x)
-    noise2 = max(float(np.sum((y - x @ coef) ** 2)) / max(dof, 1), 1e-12)
-    cov = noise2 * np.linalg.pinv(x.T @ x)[-3:, -3:]
-    a, b, v = coef[-3:]
+    dof = len(y) - x.shape[1]
+    if dof < min_dof:
+        return None
+    noise2 = max(float(np.sum((y - x @ coef) ** 2)) / dof, 1e-12)
+    cov = noise2 * np.linalg.inv(x.T @ x)
+    a, b = coef[len(rounds):len(rounds) + 2]
+    v = coef[-1] if x.shape[1] == len(rounds) + 3 else 0.0
     grid = np.linspace(p_min, p_max, 701)
     argmin = float(grid[np.argmin(a * grid + b * grid ** 2)])
-    sd = None
-    if b > 0 and p_min < -a / (2 * b) < p_max:
-        grad = np.array([-1 / (2 * b), a / (2 * b * b)])  # d(-a/2b)/d(a, b)
-        sd = float(math.sqrt(max(grad @ cov[:2, :2] @ grad, 0.0)))
-    return CurveFit(argmin, sd, np.asarray([a, b, v]), math.sqrt(noise2))
+    # the minima of 256 curves drawn from the fit's uncertainty (Student-t widened for few residual degrees of
+    # freedom; a fixed draw, so the controller's own RNG and the run's history do not depend on it)
+    widen = dof / (dof - 2) if dof > 2 else 3.0
+    ab = slice(len(rounds), len(rounds) + 2)
+    draws = np.random.default_rng(0).multivariate_normal([a, b], cov[ab, ab] * widen, size=256, method="eigh")
+    minima = grid[np.argmin(draws[:, :1] * grid + draws[:, 1:] * grid ** 2, axis=1)]
+    return CurveFit(argmin, float(np.std(minima)), np.asarray([a, b, v]), math.sqrt(noise2))
 
 
 @ratio_rule("pooled")
@@ -285,13 +294,12 @@ def nes_round(st: ControllerState, candidates: list[float], rewards: list[float]
 
 def fit_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
     """Model-based: mu is the minimum of the curve fitted to every probe so far (CurveFit), sigma its uncertainty
-    (floored at MIN_SIGMA; the prior sigma while the data do not place a minimum). Call after `observe`."""
+    (between MIN_SIGMA and the prior sigma). Call after `observe`."""
     fit = curve_fit(st.trials, s.p_min, s.p_max)
     if fit is None:
         mu_next, sigma_next = st.mu, st.sigma
     else:
-        mu_next = fit.argmin
-        sigma_next = initial_sigma(s) if fit.sd is None else clamp(fit.sd, MIN_SIGMA, initial_sigma(s))
+        mu_next, sigma_next = fit.argmin, clamp(fit.sd, MIN_SIGMA, initial_sigma(s))
     return {"advantages": advantages([r if math.isfinite(r) else 0.0 for r in rewards]), "mu_next": mu_next,
             "sigma_next": sigma_next, **follow_mu(st.p, mu_next, s)}
 
