@@ -95,7 +95,10 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
             search_cfg = exp.train_cfg(SearchConfig, data=target, adapters=adapters, out=str(d),
                                        merge_form=cfg.merge_form, criterion=cfg.search_criterion,
                                        controller_seed=seed, resume=True, **search_batching(cfg))
-            run_cfg = build(SearchConfig, overrides={**search_cfg.__dict__, **opts}, source="variant")
+            # another controller: the options the case's config resolved from its own controller's preset go back to
+            # unset, so they take this controller's values (those the variant names itself still win)
+            reset = {k: None for k in CONTROLLERS[opts["controller"]][1]} if "controller" in opts else {}
+            run_cfg = build(SearchConfig, overrides={**search_cfg.__dict__, **reset, **opts}, source="variant")
             result, _ = search(run_cfg)
             return {**result, "options": {f.name: getattr(run_cfg, f.name) for f in fields(ControllerOptions)}}
         return fn
