@@ -11,9 +11,11 @@ a uniformly random p ((mean grid - min grid) / (max grid - min grid)), and the b
 cases (leave one case out). A case's discriminating power is the span of its mean grid curve over the mean
 seed-to-seed standard deviation (ddof 1): below about 3 the grid itself cannot tell its best ratio from noise.
 
-Cases (default: all three; the packaged SmolLM2-135M on 2 CPU cores, about an hour per case):
-  mlqa-ar, mlqa-zh   real MLQA v1 dev from ../shared/data (en source adapter, ar/zh target)
-  demo               the bundled demo corpus (en -> ar QA)
+Cases (default: mlqa-ar, mlqa-zh, demo; the packaged SmolLM2-135M on 2 CPU cores, about an hour per case and
+grid seed):
+  mlqa-ar, mlqa-zh, mlqa-es, mlqa-de   real MLQA v1 dev from ../shared/data (en source adapter, the language as
+                                       target)
+  demo                                 the bundled demo corpus (en -> ar QA)
 or `--data DIR --adapters SRC TGT` for any prepared target folder and trained adapters.
 
 Every stage writes done.json: an interrupted benchmark continues where it stopped (rerun the same command);
@@ -34,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import ADAPTER_STEPS, GRID, MLQA, check_adapters, data_and_adapters, final_run, interpolate, keep_state
+from cases import (ADAPTER_STEPS, CASE_NAMES, GRID, check_adapters, data_and_adapters, data_case, final_run,
+                   interpolate, keep_state)
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
 from grasp_lora.controller import CONTROLLERS, RATIO_RULES, ControllerState, ratios_by_rule
-from grasp_lora.demo import corpus_file
 from grasp_lora.files import read_jsonl, write_json
 from grasp_lora.pipeline import Experiment, search_batching
 
@@ -46,16 +48,8 @@ from grasp_lora.pipeline import Experiment, search_batching
 # authors' batch 1 x accumulation 1 (search_batching).
 COMMON = dict(target_sizes="50,50,16,100", source_sizes="96,16,0,16", lr=1e-3, batch_size=2, grad_accum=3,
               eval_batch_size=16, patience=0, epochs=100, seed=42, checkpoint_every=10)
-CASES = {
-    "demo": dict(source_input=str(corpus_file("qa", "en")), target_input=str(corpus_file("qa", "ar")),
-                 target_lang="ar", max_steps=30, max_length=512),
-    "mlqa-ar": dict(source_input=str(MLQA / "dev-context-en-question-en.json"),
-                    target_input=str(MLQA / "dev-context-ar-question-ar.json"), target_lang="ar",
-                    max_steps=25, max_length=256),
-    "mlqa-zh": dict(source_input=str(MLQA / "dev-context-en-question-en.json"),
-                    target_input=str(MLQA / "dev-context-zh-question-zh.json"), target_lang="zh",
-                    max_steps=25, max_length=256),
-}
+CASES = {name: {**data_case(name), **(dict(max_steps=30, max_length=512) if name == "demo" else
+                                       dict(max_steps=25, max_length=256))} for name in CASE_NAMES}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

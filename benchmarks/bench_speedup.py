@@ -19,7 +19,8 @@ loop, seconds per trained example, seconds of probes per controller round) and w
 lengths: the probes cost a fixed amount per round, so the speed-ups grow as runs get longer than the rounds.
 
 Default: the bundled demo corpus (en -> ar QA) on the packaged SmolLM2-135M, about an hour on 2 CPU cores
-(the output says its estimate); `--data DIR --adapters SRC TGT` for any prepared target folder and adapters.
+(the output says its estimate); `--case mlqa-ar|mlqa-zh|mlqa-es|mlqa-de` for real MLQA v1 dev (../shared/data,
+English source adapter); `--data DIR --adapters SRC TGT` for any prepared target folder and adapters.
 Every stage writes done.json, and scores its own adapter before it ends: rerun the same command to continue an
 interrupted benchmark; `--keep-state DIR` copies the finished stages' records out of runs/ (not kept between
 sessions), for a benchmark longer than a session. The run that tests the goals at a longer scale (all 176 train
@@ -28,7 +29,7 @@ records of the demo corpus, 4 epochs: about 2.2 hours without ASHA, measured; bo
     python benchmarks/bench_speedup.py --out runs/bench-speedup-long --no-asha \
         --set target_sizes=176,16,16,32 --set epochs=4
 
-    python benchmarks/bench_speedup.py [--out runs/bench-speedup] [--set key=value ...] [--no-asha]
+    python benchmarks/bench_speedup.py [--case demo] [--out runs/bench-speedup] [--set key=value ...] [--no-asha]
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ from typing import Callable
 
 import numpy as np
 
-from cases import GRID, check_adapters, data_and_adapters, final_run, interpolate, keep_state
+from cases import CASE_NAMES, GRID, check_adapters, data_and_adapters, data_case, final_run, interpolate, keep_state
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
-from grasp_lora.demo import corpus_file
 from grasp_lora.files import RUN_NAME, read_jsonl
 from grasp_lora.pipeline import Experiment, search_batching
 from grasp_lora.report import grid_winner
@@ -55,8 +55,7 @@ from grasp_lora.report import grid_winner
 # ROUNDS rounds per run: a round probes G + 1 = 4 micro-dev evaluations of 16 examples whatever K is, so rounds
 # every 10 examples (the authors' K at accumulation 1) would cost about twice the training itself.
 ROUNDS = 10
-DEFAULTS = dict(source_input=str(corpus_file("qa", "en")), target_input=str(corpus_file("qa", "ar")), target_lang="ar",
-                source_sizes="96,16,0,16", target_sizes="40,16,16,32", lr=1e-3, batch_size=2, grad_accum=3,
+DEFAULTS = dict(source_sizes="96,16,0,16", target_sizes="40,16,16,32", lr=1e-3, batch_size=2, grad_accum=3,
                 eval_batch_size=16, patience=0, epochs=3, max_steps=0, seed=42, checkpoint_every=20, max_length=512,
                 max_new_tokens=16, generate_batch_size=16, ray_workers=1)
 WINNER_SEEDS = [1337, 9001]
@@ -142,6 +141,8 @@ def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reductio
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", default="demo", choices=CASE_NAMES,
+                    help="the target data: the demo corpus's Arabic QA, or an MLQA v1 dev language from ../shared/data")
     ap.add_argument("--out", default="runs/bench-speedup")
     ap.add_argument("--model", default="packaged:smollm2-135m")
     ap.add_argument("--data", help="a prepared target data folder (with --adapters)")
@@ -161,7 +162,7 @@ def main():
         return
     if bool(args.data) != bool(args.adapters):
         ap.error("--data and --adapters go together: a prepared target folder and the two adapters to merge")
-    settings = {**DEFAULTS, "model": args.model, **({"target_lang": args.lang} if args.data else {}),
+    settings = {**DEFAULTS, **data_case(args.case), "model": args.model, **({"target_lang": args.lang} if args.data else {}),
                 **dict(kv.split("=", 1) for kv in args.set)}
     # the same loop on every side: the controller run takes the grid's batching unless told otherwise
     settings.setdefault("search_batch_size", settings["batch_size"])

@@ -18,6 +18,23 @@ from grasp_lora.pipeline import Experiment
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MLQA = SHARED / "mlqa-v1-dev"
 GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+# The benchmarks' real-data cases: English source adapter, an MLQA v1 dev language as the target.
+MLQA_TARGETS = ("ar", "zh", "es", "de")
+
+
+def data_case(name: str) -> dict:
+    """The data options of a case: `demo` (the bundled en -> ar QA corpus) or `mlqa-<lang>`."""
+    from grasp_lora.demo import corpus_file
+
+    if name == "demo":
+        return dict(source_input=str(corpus_file("qa", "en")), target_input=str(corpus_file("qa", "ar")),
+                    target_lang="ar")
+    lang = name.removeprefix("mlqa-")
+    return dict(source_input=str(MLQA / "dev-context-en-question-en.json"),
+                target_input=str(MLQA / f"dev-context-{lang}-question-{lang}.json"), target_lang=lang)
+
+
+CASE_NAMES = ["demo"] + [f"mlqa-{lang}" for lang in MLQA_TARGETS]
 
 # Adapters trained this many steps: with adapters trained 30 steps the merged adapter is already good and every
 # extra pruned entry costs val loss (the demo grid's best at p = 0.1, the end of the range); with 10-step

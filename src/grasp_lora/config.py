@@ -23,6 +23,7 @@ from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
 from .files import read_yaml, write_text
+from .languages import BLEU_TOKENIZERS
 from .merge import FORMS
 from .methods import METHODS
 from .prune import CRITERIA, REPRUNE, RESETS, SCOPES
@@ -100,6 +101,8 @@ def above(cfg, name: str, low: float) -> None:
 
 
 DEFAULT_MODEL = "packaged:smollm2-135m"
+PROMPTS_HELP = ("YAML file describing more languages (templates, articles, tokens) or changing built-in ones "
+                "(README: Another language)")
 
 # ---------------------------------------------------------------- shared option groups
 # Every option is declared once, here; the training loop and the controller read these objects directly.
@@ -118,9 +121,9 @@ class DataOptions(Checked):
     data: str = opt(REQUIRED, "folder with train/val/micro_dev/test.jsonl written by `grasp-lora data prepare`",
                     input=True)
     task: str = opt("qa", "task", choices=TASKS)
-    lang: str = opt(REQUIRED, "language code of the data (a key of the prompt table: en, ar, zh, or one you add with --prompts)")
-    prompts: Optional[str] = opt(None, "YAML file with extra or replacement prompt templates (task -> lang -> template)",
-                                 input=True)
+    lang: str = opt(REQUIRED, "language code of the data: ar, de, en, es, hi, vi, zh, or one your --prompts file "
+                              "describes")
+    prompts: Optional[str] = opt(None, PROMPTS_HELP, input=True)
 
 
 @dataclass(kw_only=True)
@@ -281,7 +284,8 @@ class ControllerOptions(Checked):
 @dataclass(kw_only=True)
 class DataPrepareConfig(Checked):
     dataset: str = opt("mlqa", "input dataset kind", choices=("mlqa", "xlsum"))
-    lang: str = opt(REQUIRED, "language to read (en, ar, zh, ...)")
+    lang: str = opt(REQUIRED, "language to read: ar, de, en, es, hi, vi, zh, or one your --prompts file describes")
+    prompts: Optional[str] = opt(None, PROMPTS_HELP, input=True)
     input: str = opt(REQUIRED, "a file or folder: MLQA SQuAD-v1 JSON, XL-Sum JSONL, the seeds' CSV, our JSONL; "
                                "a hub dataset id with --source hf", input=True)
     out: str = opt(REQUIRED, "output folder for train/val/micro_dev/test.jsonl")
@@ -362,7 +366,9 @@ class GenerateConfig(AdapterBaseOptions, DataOptions, ModelOptions):
 class EvaluateConfig(Checked):
     predictions: str = opt(REQUIRED, "predictions JSONL written by `grasp-lora generate`", input=True)
     task: str = opt("qa", "task", choices=TASKS)
-    lang: str = opt(REQUIRED, "language of the predictions (en, ar, zh, ...)")
+    lang: str = opt(REQUIRED, "language of the predictions: ar, de, en, es, hi, vi, zh, or one your --prompts file "
+                              "describes")
+    prompts: Optional[str] = opt(None, PROMPTS_HELP, input=True)
     out: str = opt(REQUIRED, "metrics JSON to write")
     data: Optional[str] = opt(None, "prepared data folder: check line by line that the predictions belong to its split",
                               input=True)
@@ -376,7 +382,8 @@ class EvaluateConfig(Checked):
                                                "encoders; the last layer of a local encoder folder; bert-score's own "
                                                "per-language choice for hub:default)")
     bertscore_batch_size: int = opt(32, "BERTScore batch size")
-    bleu_tokenize: Optional[str] = opt(None, "sacrebleu tokenizer (default: zh for zh, intl for ar, 13a otherwise)")
+    bleu_tokenize: Optional[str] = opt(None, "sacrebleu tokenizer (default: the language's, README: Languages)",
+                                       choices=BLEU_TOKENIZERS)
     rouge_tokenize: str = opt("cjk_char", "ROUGE-L tokens: cjk_char (CJK characters one each, else words) or xlsum "
                                           "(XL-Sum's language tokenizers)", choices=("cjk_char", "xlsum"))
     device: str = opt("auto", "torch device for BERTScore")
@@ -442,7 +449,7 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
     source_sizes: Optional[str] = opt(None, "source TRAIN,VAL,MICRO,TEST (default: the paper's)")
     target_sizes: Optional[str] = opt(None, "target TRAIN,VAL,MICRO,TEST (default: the paper's 50,50,16,100)")
     scale_down: bool = opt(True, "shrink split sizes in proportion when a source is too small (said in splits.json)")
-    prompts: Optional[str] = opt(None, "YAML file with extra prompt templates", input=True)
+    prompts: Optional[str] = opt(None, PROMPTS_HELP, input=True)
     seeds: list[int] = opt([42, 1337, 9001], "seeds of the final runs (Adaptive LoRA Merge, the grid, GRASP)")
     grid: list[float] = opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], "prune ratios of the grid baseline")
     grid_seeds: list[int] = opt([], "seeds of the grid (default: --seeds)")

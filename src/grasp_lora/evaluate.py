@@ -55,16 +55,19 @@ def check_against_data(cfg: EvaluateConfig, references: list[list[str]]) -> str 
     return None
 
 
-def score(predictions: list[str], references: list[list[str]], task: str, lang: str, cfg: EvaluateConfig) -> dict:
+def score(predictions: list[str], references: list[list[str]], task: str, code: str, cfg: EvaluateConfig) -> dict:
+    from .languages import get_language
     from .metrics.bertscore import bertscore
     from .models import pick_device
 
-    out: dict = {"task": task, "lang": lang, "n": len(predictions)}
+    lang = get_language(code, cfg.prompts)
+    out: dict = {"task": task, "lang": code, "n": len(predictions)}
     if task == "qa":
         from .metrics.qa import qa_scores
 
         out.update(qa_scores(predictions, references, lang))
-        out["qa_normalization"] = "MLQA official (lowercase, Unicode punctuation, articles, CJK chars)"
+        out["qa_normalization"] = (f"MLQA official (lowercase, Unicode punctuation, "
+                                   f"{'articles' if lang.articles else 'no articles'}, {lang.tokenize} tokens)")
     else:
         from .metrics.bleu import bleu_tokenizer, corpus_bleu
         from .metrics.rouge import rouge_l
@@ -72,7 +75,7 @@ def score(predictions: list[str], references: list[list[str]], task: str, lang: 
         first = [r[0] for r in references]
         out.update(corpus_bleu(predictions, first, bleu_tokenizer(lang, cfg.bleu_tokenize)))
         out.update(rouge_l(predictions, first, lang, cfg.rouge_tokenize))
-    out.update(bertscore(predictions, references, lang, cfg.bertscore_model, cfg.bertscore_layer,
+    out.update(bertscore(predictions, references, code, cfg.bertscore_model, cfg.bertscore_layer,
                          cfg.bertscore_batch_size, str(pick_device(cfg.device))))
     return out
 

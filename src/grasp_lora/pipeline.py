@@ -145,7 +145,7 @@ class Experiment:
                                 out=str(folder / "predictions.jsonl"), batch_size=c.generate_batch_size,
                                 max_new_tokens=c.max_new_tokens, limit=c.generate_limit))
         metrics = evaluate(EvaluateConfig(predictions=str(folder / "predictions.jsonl"), task=c.task,
-                                          lang=c.target_lang, out=str(folder / "metrics.json"),
+                                          lang=c.target_lang, prompts=c.prompts, out=str(folder / "metrics.json"),
                                           bertscore_model=c.bertscore_model, device=c.device))
         if adapter and Path(adapter).is_relative_to(folder):  # this stage's own adapter: its card gets the scores
             add_metrics(adapter, metrics)
@@ -196,8 +196,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         deps = exp.depends(f"data/{side}", ("dataset", "seed", "scale_down", f"{side}_sizes"), lang=lang,
                            input=identity(getattr(c, f"{side}_input")))
         exp.stage(f"data/{side}", lambda d, side=side, lang=lang: prepare_data(DataPrepareConfig(
-            dataset=c.dataset, lang=lang, input=getattr(c, f"{side}_input"), out=str(d), seed=c.seed,
-            sizes=getattr(c, f"{side}_sizes"), scale_down=c.scale_down)), deps)
+            dataset=c.dataset, lang=lang, prompts=c.prompts, input=getattr(c, f"{side}_input"), out=str(d),
+            seed=c.seed, sizes=getattr(c, f"{side}_sizes"), scale_down=c.scale_down)), deps)
     adapter_info = {}
     for side, lang in (("source", c.source_lang), ("target", c.target_lang)):
         deps = exp.depends(f"adapters/{side}", TRAIN_KEYS + ("seed",), (f"data/{side}",), lang=lang,

@@ -7,22 +7,21 @@ from pathlib import Path
 from ..config import DataPrepareConfig, save_config
 from ..errors import OptionError
 from ..files import write_json, write_jsonl
-from .prompts import known_languages
+from ..languages import get_language
 from .readers import read_hf, read_local
 from .splits import SPLITS, check_unique_ids, cut, default_sizes, parse_sizes, scaled
 
 
 def prepare_data(cfg: DataPrepareConfig) -> dict:
     """Validate everything first, then write DIR/{train,val,micro_dev,test}.jsonl, splits.json and config.yaml."""
-    if cfg.lang not in known_languages():
-        raise OptionError({"lang": cfg.lang}, f"unknown language; known: {', '.join(sorted(known_languages()))}")
+    lang = get_language(cfg.lang, cfg.prompts)
     sizes = parse_sizes(cfg.sizes) if cfg.sizes else default_sizes(cfg.dataset, cfg.lang)
     if sum(sizes) == 0:
         raise OptionError({"sizes": cfg.sizes}, "all sizes are zero")
     if cfg.source == "hf":
         records, files = read_hf(cfg.input, cfg.dataset, cfg.hf_config, cfg.hf_split), [cfg.input]
     else:
-        records, files = read_local(cfg.input, cfg.dataset, cfg.lang)
+        records, files = read_local(cfg.input, cfg.dataset, lang)
     source = ", ".join(files)
     check_unique_ids(records, source)
     note = None

@@ -1,9 +1,9 @@
-"""The prompt table (SPEC §1.2). A new language or task is an entry in a YAML file, not code.
+"""Prompts (SPEC §1.2): each language's templates (languages.py, or its entry in the --prompts YAML) rendered.
 
-A YAML file given with --prompts maps task -> lang -> template, where a template is a string with the
-record's fields in braces, or a mapping {template: ..., target_prefix: ...}. The template must end with
-the answer keyword of its own language; over-long prompts lose text from the long field only, so the
-keyword always stays at the end.
+A template is a string with the record's fields in braces, or a mapping {template: ..., target_prefix: ...}. It
+must end with the answer keyword of its own language; over-long prompts lose text from the long field only, so
+the keyword always stays at the end. Raw text, no chat template; the tokenizer's BOS is prepended at
+tokenization time.
 """
 
 from __future__ import annotations
@@ -12,24 +12,8 @@ import string
 from dataclasses import dataclass
 
 from ..errors import OptionError, UserError
-from ..files import read_yaml
+from ..languages import get_language, load
 from .records import FIELDS, LONG_FIELD
-
-# Raw text, no chat template; the tokenizer's BOS is prepended at tokenization time.
-BUILTIN = {
-    "summarization": {
-        "en": "Summarize the following English news article.\nArticle:{article}\nSummary:",
-        "ar": "لخّص الخبر العربي التالي.\nالمقال:{article}\nالملخّص:",
-        "zh": "请用中文概括下面的新闻报道。\n文章:{article}\n摘要:",
-    },
-    "qa": {
-        "en": "Answer the question based on the context.\nContext:{context}\nQuestion:{question}\nAnswer:",
-        "ar": "أجب على السؤال بناءً على النص التالي.\nالنص:{context}\nالسؤال:{question}\nالإجابة:",
-        "zh": "请根据下列内容回答问题。\n内容:{context}\n问题:{question}\n答案:",
-    },
-}
-# Languages written without spaces between words take the target right after the keyword.
-NO_SPACE_LANGS = {"zh", "ja", "th"}
 
 
 @dataclass(frozen=True)
@@ -62,39 +46,27 @@ def _check_template(task: str, lang: str, template: str, source: str) -> None:
 
 
 def table(prompts_file: str | None = None) -> dict[str, dict[str, Prompt]]:
-    """The built-in prompts, with the entries of `prompts_file` added or replacing them."""
-    entries: dict[str, dict[str, object]] = {t: dict(v) for t, v in BUILTIN.items()}
-    if prompts_file:
-        for task, langs in read_yaml(prompts_file).items():
-            if not isinstance(langs, dict):
-                raise UserError(f"{prompts_file}: '{task}' must map language codes to templates")
-            entries.setdefault(task, {}).update(langs)
+    """task -> language -> Prompt: the built-in languages' templates, with those of `prompts_file`."""
     out: dict[str, dict[str, Prompt]] = {}
-    for task, langs in entries.items():
-        for lang, entry in langs.items():
-            source = prompts_file or "built-in prompts"
-            if isinstance(entry, dict):
-                template, prefix = entry.get("template"), entry.get("target_prefix")
-            else:
-                template, prefix = entry, None
+    for lang in load(prompts_file).values():
+        for task, entry in lang.templates.items():
+            template, prefix = (entry.get("template"), entry.get("target_prefix")) if isinstance(entry, dict) \
+                else (entry, None)
             if not isinstance(template, str):
-                raise UserError(f"{source}: {task}/{lang} needs a template string")
-            _check_template(task, lang, template, source)
-            if prefix is None:
-                prefix = "" if lang in NO_SPACE_LANGS else " "
-            out.setdefault(task, {})[lang] = Prompt(task, lang, template, str(prefix))
+                raise UserError(f"{lang.source}: {task}/{lang.code} needs a template string")
+            _check_template(task, lang.code, template, lang.source)
+            out.setdefault(task, {})[lang.code] = Prompt(task, lang.code, template,
+                                                         lang.target_prefix if prefix is None else str(prefix))
     return out
 
 
 def get_prompt(task: str, lang: str, prompts_file: str | None = None) -> Prompt:
+    get_language(lang, prompts_file)  # an unknown language: the YAML entry to write
     prompts = table(prompts_file)
     if task not in prompts:
         raise OptionError({"task": task}, f"unknown task; known: {', '.join(prompts)}")
     if lang not in prompts[task]:
-        raise OptionError({"lang": lang}, f"no {task} prompt for this language (known: {', '.join(sorted(prompts[task]))}); "
-                          "add one with <prompts> FILE")
+        where = f"in {prompts_file}" if prompts_file else "in a YAML file passed with <prompts>"
+        raise OptionError({"lang": lang}, f"no {task} prompt for this language (known: "
+                          f"{', '.join(sorted(prompts[task]))}); give its entry a `{task}:` template {where}")
     return prompts[task][lang]
-
-
-def known_languages(prompts_file: str | None = None) -> set[str]:
-    return {lang for langs in table(prompts_file).values() for lang in langs}

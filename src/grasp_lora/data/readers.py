@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import OptionError, UserError
+from ..languages import Language, as_language
 
 log = logging.getLogger(__name__)
 
-# Language code -> the name XL-Sum uses in its file names.
-XLSUM_NAMES = {"en": "english", "ar": "arabic", "zh": "chinese_simplified"}
 SPLIT_ORDER = {"train": 0, "val": 1, "dev": 1, "validation": 1, "test": 2}
 
 
@@ -195,26 +194,29 @@ def read_file(path: Path, task: str) -> list[dict]:
     raise UserError(f"{path}: unknown file type '{suffix}'; expected .json (SQuAD), .jsonl or .csv")
 
 
-def files_in_folder(folder: Path, dataset: str, lang: str) -> list[Path]:
-    """The files of one language in a folder laid out as MLQA or XL-Sum ship them."""
+def files_in_folder(folder: Path, dataset: str, lang: Language) -> list[Path]:
+    """The files of one language in a folder laid out as MLQA or XL-Sum ship them (XL-Sum: by the language's
+    XL-Sum name, e.g. swahili_train.jsonl for sw, or by its code)."""
     if dataset == "mlqa":
-        files = sorted(folder.glob(f"*context-{lang}-question-{lang}.json"))
-        hint = f"*context-{lang}-question-{lang}.json"
+        hints = [f"*context-{lang.code}-question-{lang.code}.json"]
+        files = sorted(folder.glob(hints[0]))
     else:
-        name = XLSUM_NAMES.get(lang, lang)
-        files = sorted(folder.glob(f"{name}_*.jsonl"), key=lambda p: (SPLIT_ORDER.get(p.stem.split("_")[-1], 9), p.name))
-        hint = f"{name}_{{train,val,test}}.jsonl"
+        hints, files = [f"{name}_{{train,val,test}}.jsonl" for name in lang.xlsum_names], []
+        for name in lang.xlsum_names:
+            files = files or [p for p in folder.glob(f"{name}_*.jsonl") if p.stem[len(name) + 1:] in SPLIT_ORDER]
+        files.sort(key=lambda p: SPLIT_ORDER[p.stem.rsplit("_", 1)[-1]])
     if not files:
-        raise UserError(f"{folder}: no {dataset} file for language '{lang}' (looked for {hint}); pass the file itself as input")
+        raise UserError(f"{folder}: no {dataset} file for language '{lang.code}' (looked for {' or '.join(hints)}); "
+                        "pass the file itself as input")
     return files
 
 
-def read_local(input_path: str, dataset: str, lang: str) -> tuple[list[dict], list[str]]:
+def read_local(input_path: str, dataset: str, lang: str | Language) -> tuple[list[dict], list[str]]:
     """Records and the files they came from, in file order."""
     path = Path(input_path).expanduser()
     task = "qa" if dataset == "mlqa" else "summarization"
     if path.is_dir():
-        files = files_in_folder(path, dataset, lang)
+        files = files_in_folder(path, dataset, as_language(lang))
     elif path.is_file():
         files = [path]
     else:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-# sacrebleu's flores/spm tokenizers download a model, so they are not offered.
-DEFAULT_TOKENIZE = {"zh": "zh", "ar": "intl", "ja": "ja-mecab", "ko": "ko-mecab"}
-OFFLINE_TOKENIZERS = ("13a", "intl", "zh", "char", "none", "ja-mecab", "ko-mecab")
+from ..languages import Language, as_language
 
 
-def bleu_tokenizer(lang: str, override: str | None = None) -> str:
-    return override or DEFAULT_TOKENIZE.get(lang, "13a")
+def bleu_tokenizer(lang: str | Language, override: str | None = None) -> str:
+    """The language's own (languages.py: 13a for en/de/es/vi, intl for ar/hi, zh for zh; a configured language's
+    `bleu_tokenize`, else by its tokens: intl, zh or char) unless the user names one."""
+    return override or as_language(lang).bleu
 
 
 def corpus_bleu(predictions: list[str], references: list[str], tokenize: str) -> dict:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..languages import Language, as_language
 from .text import normalize
 
 
-def f1(prediction: str, gold: str, lang: str) -> float:
+def f1(prediction: str, gold: str, lang: str | Language) -> float:
     pred, ref = normalize(prediction, lang).split(), normalize(gold, lang).split()
     same = sum((Counter(pred) & Counter(ref)).values())
     if same == 0:
@@ -16,12 +17,13 @@ def f1(prediction: str, gold: str, lang: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def exact_match(prediction: str, gold: str, lang: str) -> float:
+def exact_match(prediction: str, gold: str, lang: str | Language) -> float:
     return float(normalize(prediction, lang) == normalize(gold, lang))
 
 
-def qa_scores(predictions: list[str], golds: list[list[str]], lang: str) -> dict[str, float]:
+def qa_scores(predictions: list[str], golds: list[list[str]], lang: str | Language) -> dict[str, float]:
     """Corpus EM and F1 on 0-100."""
+    lang = as_language(lang)
     em = [max(exact_match(p, g, lang) for g in gs) for p, gs in zip(predictions, golds)]
     f = [max(f1(p, g, lang) for g in gs) for p, gs in zip(predictions, golds)]
     n = max(len(predictions), 1)

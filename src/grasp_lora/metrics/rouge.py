@@ -1,23 +1,26 @@
 """ROUGE-L F-measure with language-aware tokens (the default rouge-score tokenizer scores 0 on ar/zh).
 
-`cjk_char` (default, SPEC §1.9): lowercase, Unicode punctuation removed, CJK characters one token each,
-other text split on whitespace, no stemming. `xlsum`: the XL-Sum authors' scorer as they call it, their
-language tokenizers (jieba for Chinese) with stemming. The LCS itself is the multilingual-rouge scorer's
-(XL-Sum's fork of rouge-score). Only `xlsum` numbers compare with XL-Sum-style ROUGE-L.
+`cjk_char` (default, SPEC §1.9): lowercase, Unicode punctuation removed, then the language's own tokens as EM/F1
+split them (CJK characters one each for zh, every character for `char` languages, else words), no stemming.
+`xlsum`: the XL-Sum authors' scorer as they call it, with their language's tokenizer (jieba for Chinese; Thai,
+Japanese and Burmese need pythainlp, fugashi, none) and Snowball stemmer where multilingual-rouge has one (ar,
+bn, de, en, es, fr, hi, pt, ru, tr and a few more; none for zh, vi, sw, ...: said in the result). The LCS itself
+is the multilingual-rouge scorer's (XL-Sum's fork of rouge-score). Only `xlsum` numbers compare with XL-Sum-style
+ROUGE-L.
 """
 
 from __future__ import annotations
 
+from ..errors import UserError
+from ..languages import Language, as_language
 from .text import remove_punc, tokens
 
-XLSUM_LANG = {"en": "english", "ar": "arabic", "zh": "chinese"}
 
-
-def _cjk_char_tokenizer(lang: str):
+def _cjk_char_tokenizer(lang: Language):
     return lambda text: [t for t in tokens(remove_punc(text.lower()), lang) if t.strip()]
 
 
-def xlsum_scorer(lang: str):
+def xlsum_scorer(lang: Language):
     """The XL-Sum authors' call, `RougeScorer([...], use_stemmer=True, lang=lang)`, and what its stemming was.
     Their Snowball stemmers skip NLTK's stopword list, which is a download: without it, stopwords are stemmed too
     (said in the result); a language with no stemmer (Chinese) is scored unstemmed, as theirs is."""
@@ -26,11 +29,16 @@ def xlsum_scorer(lang: str):
     from multilingual_rouge import rouge_scorer
     from multilingual_rouge.stemmers import LANG2STEMMER
 
-    name = XLSUM_LANG.get(lang, lang)
+    name = rouge_scorer.SPECIAL_LANGID_CONVERSION_MAP.get(lang.rouge_name, lang.rouge_name)
     if name not in LANG2STEMMER:
         with warnings.catch_warnings():  # its own "unknown stemmer language" line: said in the result instead
             warnings.simplefilter("ignore")
-            return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, lang=name), f"none (no stemmer for {name})"
+            try:
+                scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, lang=name)
+            except ImportError as e:
+                raise UserError(f"ROUGE-L --rouge-tokenize xlsum for {name} needs the {e.name} package (pip install "
+                                f"{e.name}), or use --rouge-tokenize cjk_char") from None
+            return scorer, f"none (no stemmer for {name})"
     try:
         return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, lang=name), f"snowball {name} (as XL-Sum)"
     except LookupError:  # NLTK's stopwords corpus is not on this machine
@@ -42,9 +50,10 @@ def xlsum_scorer(lang: str):
                 "unlike XL-Sum's)")
 
 
-def rouge_l(predictions: list[str], references: list[str], lang: str, tokenizer: str = "cjk_char") -> dict:
+def rouge_l(predictions: list[str], references: list[str], lang: str | Language, tokenizer: str = "cjk_char") -> dict:
     from multilingual_rouge import rouge_scorer
 
+    lang = as_language(lang)
     if tokenizer == "cjk_char":
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, callable_tokenizer=_cjk_char_tokenizer(lang))
         stemming = "none"

@@ -1,7 +1,8 @@
-"""Text normalisation and tokens as MLQA's official evaluation defines them (reimplemented).
+"""Text normalisation and tokens as MLQA's official evaluation defines them (reimplemented), for any language.
 
-lowercase -> remove Unicode punctuation -> remove articles (en: a/an/the; ar: every "ال"; zh: none)
--> tokens: whitespace for most languages; for zh each CJK character plus each run of other text.
+lowercase -> remove Unicode punctuation -> remove the language's articles (languages.py: MLQA's lists for its
+seven languages) -> tokens: whitespace; for `mixed` languages (zh) each CJK ideograph alone plus each run of
+other text split on whitespace; for `char` languages (scripts without spaces: th, ja, my) each character.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import string
 import sys
 import unicodedata
 
+from ..languages import Language, as_language
+
 PUNCT = {chr(i) for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)).startswith("P")} | set(string.punctuation)
-CJK = re.compile(r"[\u4e00-\u9fa5]")
-CJK_LANGS = {"zh"}
-ARTICLES = {"en": re.compile(r"\b(a|an|the)\b"), "ar": re.compile(r"\sال^|ال")}
+CJK = re.compile(r"[\u4e00-\u9fa5]")  # the official script's range
 
 
 def remove_punc(text: str) -> str:
@@ -35,12 +36,18 @@ def cjk_segments(text: str) -> list[str]:
     return out
 
 
-def tokens(text: str, lang: str) -> list[str]:
-    return cjk_segments(text) if lang in CJK_LANGS else text.split()
+def tokens(text: str, lang: str | Language) -> list[str]:
+    how = as_language(lang).tokenize
+    if how == "mixed":
+        return cjk_segments(text)
+    if how == "char":
+        return [ch for ch in text if not ch.isspace()]
+    return text.split()
 
 
-def normalize(text: str, lang: str) -> str:
+def normalize(text: str, lang: str | Language) -> str:
+    lang = as_language(lang)
     text = remove_punc(text.lower())
-    if lang in ARTICLES:
-        text = ARTICLES[lang].sub(" ", text)
+    if lang.articles:
+        text = re.sub(lang.articles, " ", text)
     return " ".join(t for t in tokens(text, lang) if t.strip())
