@@ -121,7 +121,8 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
     # a trace: the loss at every grid ratio each round -- the replay scores any controller on it
     trace = tmp_path / "a" / "trace/seed42"
     trace.mkdir(parents=True)
-    rows = [{"p": 0.4, "trace": [[p, 2.0 - 0.01 * k + 3 * (p - 0.2) ** 2] for p in grid]} for k in range(6)]
+    rows = [{"step": 10 * (k + 1), "p": 0.4, "mu": 0.4, "sigma": 0.1,
+             "trace": [[p, 2.0 - 0.01 * k + 3 * (p - 0.2) ** 2] for p in grid]} for k in range(6)]
     (trace / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(sys, "argv", ["replay", "--out", str(tmp_path), "--case", "a", "--controllers", "fit",
                                       "--starts", "0.6", "--seeds", "1"])

@@ -89,7 +89,7 @@ def test_prune_ratio_is_required_and_read_from_ratio_json(tmp_path, capsys, tiny
     capsys.readouterr()
     assert cli(*base, "--prune-ratio", search, "--out", tmp_path / "bad") == 2
     err = capsys.readouterr().err
-    assert "ratio.json: no number under prune_ratio" in err and len(err.strip().splitlines()) == 1
+    assert "ratio.json: field 'prune_ratio' must be a number" in err and len(err.strip().splitlines()) == 1
     assert cli(*base, "--prune-ratio", tmp_path / "missing.json", "--out", tmp_path / "bad") == 2
     assert "is neither a number nor a ratio.json file" in capsys.readouterr().err
     assert len(read_jsonl(tmp_path / "from_ratio.json" / "train_log.jsonl")) == 1

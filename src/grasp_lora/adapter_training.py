@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .adapter_io import save_adapter
-from .config import TrainAdapterConfig, save_config
+from .config import TrainAdapterConfig, save_run_config
 from .errors import OptionError
 from .files import output_dir, staged_run, write_json
 from .inputs import load_inputs
@@ -44,7 +44,7 @@ def train_adapter(cfg: TrainAdapterConfig) -> dict:
     train_ex, val_ex = inputs.examples["train"], inputs.examples["val"]
     desc = f"adapter {cfg.task}/{cfg.lang}"
     with staged_run(output_dir(cfg.out), cfg.resume) as work, Tracker(cfg.report_to, work, desc, cfg) as tracker:
-        save_config(cfg, work)
+        save_run_config(cfg, work)
         summary = train(model, params, train_ex, val_ex, cfg, work, inputs.tok.pad_token_id, inputs.device,
                         save_best=lambda: save_adapter(model, work, base_id), desc=desc, tracker=tracker)
         summary.update(task=cfg.task, lang=cfg.lang, train_examples=len(train_ex), val_examples=len(val_ex))

@@ -22,7 +22,7 @@ from .controller import ADVANTAGES, COMMIT_MASKS, CONTROLLERS, IMPORTANCE_REFRES
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
-from .files import read_yaml, write_text
+from .files import identity, read_json, read_yaml, write_text
 from .languages import BLEU_TOKENIZERS
 from .merge import FORMS
 from .methods import METHODS
@@ -573,11 +573,11 @@ def ratio_from_file(value: Any, where: str) -> Any:
     if not path.is_file():
         raise UserError(f"{where}: {value!r} is neither a number nor a ratio.json file; give a ratio in [0, 1) or "
                         "the ratio.json that `grasp-lora search` wrote")
-    try:
-        return float(json.loads(path.read_text(encoding="utf-8"))["prune_ratio"])
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{path}: no number under prune_ratio; give the ratio.json that `grasp-lora search` "
-                        "wrote") from None
+    fix = "give the ratio.json that `grasp-lora search` wrote, or the ratio as a number"
+    ratio = read_json(path, fix).get("prune_ratio")  # checked by name only when it is called ratio.json
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise UserError(f"{path}: no number under prune_ratio; {fix}")
+    return float(ratio)
 
 
 def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, source: str = "config"):
@@ -609,3 +609,37 @@ def build(cls, yaml_values: dict | None = None, overrides: dict | None = None, s
 def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> None:
     """Write the resolved config beside a command's outputs, so a run can be repeated from it."""
     write_text(Path(out_dir) / name, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True))
+
+
+# What a resumed run may change: options that only extend it (more steps or epochs: it continues from its
+# checkpoint), and options that do not change what it computes.
+EXTENDING = ("max_steps", "epochs")
+FREE_ON_RESUME = ("resume", "out", "device", "report_to", "checkpoint_every", "gradient_checkpointing", "export_adapter")
+
+
+def _same_input(a: Any, b: Any) -> bool:
+    """Two values of an input option: the same files (names, sizes, times), wherever they lie now."""
+    def what(v):
+        ids = [identity(x) if isinstance(x, str) else x for x in (v if isinstance(v, list) else [v])]
+        return [{k: i[k] for k in i if k != "path"} if isinstance(i, dict) else i for i in ids]
+    return what(a) == what(b)
+
+
+def save_run_config(cfg: Any, work: Path) -> None:
+    """Save a training command's config in its run folder; when it resumes a run (its checkpoint is there), first
+    check that the options are that run's, but for those that only extend it."""
+    previous = work / "config.yaml"
+    if getattr(cfg, "resume", False) and (work / "checkpoint.pt").is_file() and previous.is_file():
+        old, differ = read_yaml(previous), []
+        for f in dataclasses.fields(cfg):
+            new, was = getattr(cfg, f.name), old.get(f.name)
+            if f.name in FREE_ON_RESUME or new == was or (f.metadata.get("input") and _same_input(new, was)):
+                continue
+            if f.name in EXTENDING and isinstance(was, int) and (new == 0 or (was and new > was)):
+                continue  # max_steps 0: no cap
+            differ.append(f"{f.name} {was} -> {new}")
+        if differ:
+            raise OptionError("resume", f"continues the run in {work.parent} only with its own options, or more "
+                              f"steps or epochs; these differ: {'; '.join(differ)}. Run without <resume> (a fresh run) "
+                              "or with the recorded options (its config.yaml)")
+    save_config(cfg, work)

@@ -21,7 +21,7 @@ from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, train
 from .model_card import write_model_card
 from .tracking import Tracker
 from .data.batching import collate
-from .train import LossProbe, example_nll, rng_state, set_rng_state, train
+from .train import LossProbe, check_log_length, example_nll, rng_state, set_rng_state, train
 
 
 class SearchHooks(PruneHooks):
@@ -110,6 +110,7 @@ class SearchHooks(PruneHooks):
         self._scores = state["scores"] if "scores" in state else state["controller"].get("scores")  # older runs
         if distributed.is_main():
             truncate_jsonl(self.history, lambda r: r["step"] <= step)
+            check_log_length(self.history, self.controller.state.rounds, "controller rounds")
 
     def controller_round(self, step: int) -> None:
         """Rank 0 probes and decides; every other rank takes its masks and state."""

@@ -114,19 +114,100 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
         raise UserError(f"{path}: cannot append to it ({e.strerror or e}); {fix}") from None
 
 
+RESUME_FIX = "repair or delete that line, or run again without --resume"
+
+
 def truncate_jsonl(path: str | os.PathLike, keep) -> None:
     """Rewrite a log keeping the rows for which keep(row) is true (a resumed run drops what it will redo)."""
     if Path(path).is_file():
-        write_jsonl(path, [r for r in read_jsonl(path) if keep(r)])
+        write_jsonl(path, [r for r in read_jsonl(path, RESUME_FIX) if keep(r)])
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a log written by append_jsonl (a torn last line from a crash is dropped)."""
+def identity(path: str | None) -> object:
+    """What a path input is, cheaply: each file's size and mtime (a hub id or packaged name: itself)."""
+    p = Path(path) if path else None
+    if p is None or not p.exists():
+        return path
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return {"path": str(p.resolve()), "files": [[str(f.relative_to(p)) if f != p else f.name, f.stat().st_size,
+                                                 f.stat().st_mtime_ns] for f in files]}
+
+
+NUMBER = (int, float)
+# What each record the tool reads back must hold: file name -> field -> its types (other fields are free).
+RECORDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "history.jsonl": {"step": (int,), "p": NUMBER, "mu": NUMBER, "sigma": NUMBER},
+    "train_log.jsonl": {"step": (int,), "loss": NUMBER},
+    "val_log.jsonl": {"step": (int,), "val_loss": NUMBER},
+    "ratio.json": {"prune_ratio": NUMBER},
+    "done.json": {"seconds": NUMBER},
+    "run.json": {"method": (str,), "task": (str,), "lang": (str,)},
+    "metrics.json": {"task": (str,), "lang": (str,), "n": (int,)},
+    "splits.json": {"lang": (str,), "dataset": (str,)},
+    "train_summary.json": {"steps": (int,), "seconds": NUMBER},
+}
+REWRITE = "rerun the command that wrote it"
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON (this tool writes null for it)")
+
+
+def check_record(obj, path: Path, where: str = "", fix: str = REWRITE) -> dict:
+    """`obj` as one record of `path`: a JSON object whose fields (RECORDS, by the file's name) have their types."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: {where}not a JSON object; {fix}")
+    for key, types in RECORDS.get(path.name, {}).items():
+        value = obj.get(key)
+        if key not in obj or isinstance(value, bool) or not isinstance(value, types) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            kind = {NUMBER: "a number", (int,): "an integer", (str,): "a string"}[types]
+            raise UserError(f"{path}: {where}field '{key}' must be {kind}, not {json.dumps(value)[:40]}; {fix}")
+    return obj
+
+
+def parse_json(text: str, path: Path, where: str = "", fix: str = REWRITE):
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except ValueError as e:  # JSONDecodeError, NaN, a 5000-digit integer
+        at = f"line {e.lineno} column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)[:80]
+        raise UserError(f"{path}: {where}not valid JSON ({at}); {fix}") from None
+    except RecursionError:
+        raise UserError(f"{path}: {where}nested too deeply to read; {fix}") from None
+
+
+def read_text(path: Path, fix: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text; {fix}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror}); {fix}") from None
+
+
+def read_json(path: str | os.PathLike, fix: str = REWRITE) -> dict:
+    """One JSON record this tool wrote (ratio.json, done.json, run.json, metrics.json, ...), checked; anything
+    damaged is a UserError naming the file, the place and `fix`."""
+    path = Path(path)
+    text = read_text(path, fix)
+    if not text.strip():
+        raise UserError(f"{path}: empty file; {fix}")
+    return check_record(parse_json(text, path, fix=fix), path, fix=fix)
+
+
+def read_jsonl(path: str | os.PathLike, fix: str = REWRITE) -> list[dict]:
+    """A log written by append_jsonl, each line checked. A torn last line (no newline: what a crash leaves) is
+    dropped, with a warning; a damaged line anywhere else is a UserError naming the file, the line and `fix`."""
+    path = Path(path)
+    lines = read_text(path, fix).split("\n")
+    if lines[-1]:
+        log.warning("%s: its last line is cut short (an interrupted write) and is left out", path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n"):
-                rows.append(json.loads(line))
+    for n, line in enumerate(lines[:-1], 1):
+        where = f"line {n}: "
+        if not line.strip():
+            raise UserError(f"{path}: {where}is empty; {fix}")
+        rows.append(check_record(parse_json(line, path, where, fix), path, where, fix))
     return rows
 
 
@@ -158,7 +239,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 # the previous result untouched and the unfinished run here for --resume). Not TMP_SUFFIX: a lock holder must not
 # sweep it away as a killed writer's temp file.
 RUN_NAME = ".grasp-lora-run"
-RESUME_STATE = ("checkpoint.pt", "train_log.jsonl", "val_log.jsonl", "history.jsonl", "best.pt")  # what --resume reads
+# what --resume reads
+RESUME_STATE = ("checkpoint.pt", "train_log.jsonl", "val_log.jsonl", "history.jsonl", "best.pt", "config.yaml")
 
 
 def start_run(out: Path, resume: bool) -> Path:

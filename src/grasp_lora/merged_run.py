@@ -11,7 +11,7 @@ import torch
 
 from . import distributed, prune
 from .adapter_io import check_compatible, load_adapter, put_on
-from .config import save_config
+from .config import save_run_config
 from .data.batching import batches
 from .files import RUN_NAME, output_dir, staged_run
 from .inputs import load_inputs
@@ -57,7 +57,7 @@ def run_folder(setup: MergedSetup, cfg, desc: str):
     with staged_run(setup.out, cfg.resume) if main else contextlib.nullcontext(setup.out / RUN_NAME) as work, \
             Tracker(cfg.report_to if main else ["none"], work, desc, cfg) as tracker:
         if main:
-            save_config(cfg, work)
+            save_run_config(cfg, work)
         distributed.broadcast_object(None)  # a barrier: no rank looks for a checkpoint before rank 0 set it up
         yield work, tracker
 

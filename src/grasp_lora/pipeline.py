@@ -22,7 +22,7 @@ from typing import Callable
 from .config import (DataPrepareConfig, EvaluateConfig, ExperimentConfig, FinetuneMergedConfig, GenerateConfig,
                      LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, save_config)
 from .errors import NumericalError
-from .files import write_json
+from .files import identity, read_json, write_json
 from .model_card import add_metrics
 from .report import grid_winner, write_run_info
 
@@ -31,16 +31,6 @@ def shared_fields(src, cls) -> dict:
     """The fields of `cls` that the experiment config also has (model, training and controller options)."""
     names = set(cls.__dataclass_fields__) & set(type(src).__dataclass_fields__)
     return {n: getattr(src, n) for n in names}
-
-
-def identity(path: str | None) -> object:
-    """What a path input is, cheaply: each file's size and mtime (a hub id or packaged name: itself)."""
-    p = Path(path) if path else None
-    if p is None or not p.exists():
-        return path
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    return {"path": str(p.resolve()), "files": [[str(f.relative_to(p)) if f != p else f.name, f.stat().st_size,
-                                                 f.stat().st_mtime_ns] for f in files]}
 
 
 def fingerprint(deps: dict) -> str:
@@ -94,13 +84,7 @@ class Experiment:
         path = self.path(name, "done.json")
         if not path.is_file():
             return None
-        try:
-            info = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = None
-        if not isinstance(info, dict) or "seconds" not in info:
-            print(f"  stage {name}: done.json unreadable; redoing the stage")
-            return None
+        info = read_json(path, "delete it to redo the stage")
         old = info.get("depends_on")
         if deps is not None and old != deps:
             changed = sorted(k for k in set(old or {}) | set(deps) if (old or {}).get(k) != deps.get(k))

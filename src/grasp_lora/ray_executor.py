@@ -8,7 +8,6 @@ Ray run and a local run leave the same experiment folder, and either can resume 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ from typing import Callable
 import torch
 
 from .errors import UserError
+from .files import read_json
 
 
 def connect(cfg) -> dict[str, float]:
@@ -63,4 +63,4 @@ def run_stages(exp, trials: list[tuple[str, Callable[[Path], dict | None], dict]
         errors = [r.error for r in tuner.fit() if r.error]
         if errors:
             raise UserError(f"{len(errors)} Ray trial(s) failed; first: {str(errors[0]).splitlines()[-1]}")
-    return [json.loads((exp.path(name) / "done.json").read_text(encoding="utf-8")) for name in fns]
+    return [read_json(exp.path(name) / "done.json", "delete it to redo the stage") for name in fns]

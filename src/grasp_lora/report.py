@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from .config import ReportConfig, save_config
 from .errors import UserError
-from .files import atomic_path, read_jsonl, write_json, write_text
+from .files import atomic_path, read_json, read_jsonl, write_json, write_text
 from .methods import METHODS
 from .metrics import METRIC_LABELS
 from .standalone import learned_ratios, standalone_runs
@@ -96,6 +95,21 @@ def grid_row(runs: list[dict]) -> list[dict]:
 Histories = list[tuple[Path, list[dict], dict | None]]  # history.jsonl, its records, the ratio.json beside it
 
 
+REPORT_FIX = "repair it, rerun what wrote it, or leave its folder out of the report"
+
+
+def controller_history(path: Path) -> tuple[Path, list[dict], dict | None]:
+    """A controller run's history.jsonl and the ratio.json beside it, which must agree on the rounds run (a log
+    cut at a line boundary reads as a shorter valid one)."""
+    hist = read_jsonl(path, REPORT_FIX)
+    ratio_file = path.with_name("ratio.json")
+    ratio = read_json(ratio_file, REPORT_FIX) if ratio_file.is_file() else None
+    if ratio is not None and ratio.get("rounds", len(hist)) != len(hist):
+        raise UserError(f"{path}: {len(hist)} rounds recorded, but {ratio_file.name} says {ratio['rounds']}; the log "
+                        f"is incomplete: {REPORT_FIX}")
+    return path, hist, ratio
+
+
 def collect(folders: list[str]) -> tuple[list[dict], Histories]:
     """The runs under `folders`: `run`'s (run.json) and the standalone commands' (standalone.py), and every
     controller history."""
@@ -108,14 +122,13 @@ def collect(folders: list[str]) -> tuple[list[dict], Histories]:
         root = Path(folder)
         runs += standalone_runs(root, learned)
         for info in sorted(root.rglob("run.json")):
-            run = json.loads(info.read_text(encoding="utf-8"))
+            run = read_json(info, REPORT_FIX)
             metrics = info.with_name("metrics.json")
-            run["metrics"] = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else None
+            run["metrics"] = read_json(metrics, REPORT_FIX) if metrics.is_file() else None
             run["folder"] = str(info.parent)
             runs.append(run)
         for h in sorted(root.rglob("history.jsonl")):
-            ratio = h.with_name("ratio.json")
-            histories.append((h, read_jsonl(h), json.loads(ratio.read_text(encoding="utf-8")) if ratio.is_file() else None))
+            histories.append(controller_history(h))
     if not runs:
         raise UserError(f"{', '.join(folders)}: no run found (run.json, metrics.json or a command's config.yaml); "
                         "point report at the folders of `run` or of the standalone commands")

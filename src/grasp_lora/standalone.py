@@ -13,23 +13,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
+from .errors import UserError
+from .files import RECORDS, read_json, read_yaml
+
+FIX = "repair it, rerun the command that wrote it, or leave its folder out of the report"
 
 
 def _json(path: Path) -> dict:
+    """A record a command wrote ({} when there is none); a damaged one stops the report (files.read_json)."""
+    return read_json(path, FIX) if path.is_file() else {}
+
+
+def _any_json(path: Path) -> dict:
+    """A JSON file of any name, maybe not ours (a tokenizer's, a user's): {} when it is no JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    """The config a command saved ({} when there is none); an empty or damaged one stops the report."""
+    if not path.is_file():
         return {}
-    return data if isinstance(data, dict) else {}
+    config = read_yaml(path)
+    if not config:
+        raise UserError(f"{path}: empty; {FIX}")
+    return config
 
 
 def _config(folder: Path) -> dict:
@@ -76,7 +87,7 @@ def standalone_runs(root: Path, learned: set[float]) -> list[dict]:
     """Runs under `root` without run.json: evaluated ones (metrics.json) and timed ones (search, finetune-merged)."""
     runs, traced = [], set()
     for path in sorted(root.rglob("*.json")):  # evaluate's output, by its content (users name it as they like)
-        metrics = _json(path)
+        metrics = _json(path) if path.name in RECORDS else _any_json(path)
         if path.with_name("run.json").is_file() or not {"task", "lang", "n", "predictions"} <= set(metrics):
             continue
         predictions = Path(metrics.get("predictions", ""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 import pickle
 import time
@@ -24,7 +25,9 @@ from tqdm.auto import tqdm
 from . import distributed
 from .data.batching import collate
 from .errors import NumericalError, UserError
-from .files import append_jsonl, atomic_path, truncate_jsonl
+from .files import RESUME_FIX, append_jsonl, atomic_path, read_jsonl, truncate_jsonl
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .config import TrainOptions
@@ -139,6 +142,7 @@ class Progress:
     bad_epochs: int = 0
     seconds: float = 0.0  # training wall time before this process
     stopped: str = ""  # why training ended: epochs | max_steps | early_stopping ("" while it runs)
+    evaluations: int = -1  # val_log's lines (-1 in checkpoints from before they were counted)
 
 
 def rng_state() -> dict:
@@ -184,6 +188,15 @@ def load_checkpoint(path: Path, params, optimizer, scheduler, hooks: Hooks) -> P
     return progress
 
 
+def check_log_length(path: Path, expected: int, what: str) -> None:
+    """A log a resumed run continues must hold one line for each of the checkpoint's steps (or evaluations): one
+    cut at a line boundary reads as a valid shorter log."""
+    found = len(read_jsonl(path, RESUME_FIX)) if path.is_file() else 0
+    if found != expected:
+        raise UserError(f"{path}: {found} lines, but the checkpoint has {expected} {what}; the log is incomplete: "
+                        f"{RESUME_FIX}")
+
+
 def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], val_examples: list[dict],
           settings: TrainOptions, out_dir: str | Path, pad_id: int, device: torch.device,
           save_best: Callable[[], None], hooks: Optional[Hooks] = None, desc: str = "train",
@@ -203,12 +216,23 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=settings.gamma)
     hooks.on_start(optimizer)
-    progress = Progress()
+    progress = Progress(evaluations=0)
     if settings.resume and ckpt.is_file():
         progress = load_checkpoint(ckpt, params, optimizer, scheduler, hooks)
+        more_steps = not settings.max_steps or progress.step < settings.max_steps
+        if progress.stopped in ("max_steps", "epochs") and more_steps and progress.epoch < settings.epochs:
+            progress.stopped = ""  # a finished run given more steps or epochs continues
+        elif progress.stopped and more_steps and main:
+            why = (f"its {settings.epochs} epochs are done (raise --epochs to continue)" if progress.epoch >= settings.epochs
+                   else f"it stopped early (no better val loss in {settings.patience} epochs)")
+            log.warning("%s: nothing to continue after step %d: %s", out_dir.parent, progress.step, why)
         if main:
             truncate_jsonl(train_log, lambda r: r["step"] <= progress.step)
             truncate_jsonl(val_log, lambda r: r["step"] <= progress.step)
+            check_log_length(train_log, progress.step, "steps")
+            if progress.evaluations < 0:  # an older checkpoint: count them now
+                progress.evaluations = len(read_jsonl(val_log, RESUME_FIX)) if val_log.is_file() else 0
+            check_log_length(val_log, progress.evaluations, "evaluations")
     elif main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for log in (train_log, val_log):
@@ -235,6 +259,7 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
             raise NumericalError(f"{desc}: val loss is {val} at step {progress.step}; "
                                  f"the last good checkpoint in {out_dir} is intact")
         improved = val < progress.best
+        progress.evaluations += 1
         if improved:
             progress.best, progress.bad_epochs = val, 0
             if main:
@@ -293,8 +318,9 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
                         and progress.group < len(groups) and not finished():
                     checkpoint()
             evaluate(epoch)
-            scheduler.step()
-            progress.epoch, progress.group = epoch + 1, 0
+            if progress.group >= len(groups):  # a run capped by max_steps mid-epoch keeps its place in it
+                scheduler.step()
+                progress.epoch, progress.group = epoch + 1, 0
             if finished():
                 progress.stopped = "max_steps"
             elif settings.patience and progress.bad_epochs >= settings.patience:

@@ -6,12 +6,12 @@ and cut consecutive disjoint blocks in the order train, val, micro_dev, test.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import OptionError, UserError
+from ..files import read_json
 
 SPLITS = ("train", "val", "micro_dev", "test")
 # (dataset, lang) -> paper sizes; every other language is a low-resource target.
@@ -79,10 +79,9 @@ def check_language(data_dir: str, lang: str) -> None:
     """The language `data prepare` recorded in splits.json must be the one the command is told (prompts, BLEU and
     ROUGE tokenizers and EM normalisation depend on it). Data prepared by other means has no splits.json."""
     info = Path(data_dir) / "splits.json"
-    try:
-        said = json.loads(info.read_text(encoding="utf-8")).get("lang")
-    except (OSError, ValueError, AttributeError):
+    if not info.is_file():
         return
-    if said and said != lang:
+    said = read_json(info, f"prepare the data again (`grasp-lora data prepare ... --out {data_dir}`)")["lang"]
+    if said != lang:
         raise OptionError({"lang": lang}, f"{info} says the data is '{said}'; pass <lang> {said} or prepare data "
                                           f"in '{lang}'")
