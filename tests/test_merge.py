@@ -108,3 +108,72 @@ def test_incompatible_adapters_refused(tmp_path, tiny_model, tiny_qwen, tiny_ada
     with pytest.raises(UserError, match="is not the base model"):
         check_compatible(ads("en"), "sum", str(tiny_qwen))
     check_compatible(ads("en"), "sum", str(tiny_qwen), allow_other_base=True)  # the override
+
+
+class _DenseWatch(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every tensor an op makes while it is on: the shapes of those with d_out x d_in entries or more that are not
+    views of the allowed tensors (the frozen base weight, the embedding)."""
+
+    def __init__(self, limit: int, allowed: list[torch.Tensor]):
+        super().__init__()
+        self.limit, self.seen = limit, []
+        self.allowed = {t.untyped_storage().data_ptr() for t in allowed}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.limit and \
+                    t.untyped_storage().data_ptr() not in self.allowed:
+                self.seen.append((str(func), tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "input_weighted", "sensitivity"])
+def test_no_dense_state_at_llama3_8b_width(criterion):
+    """At Llama-3-8B's width (4096 x 4096), no tensor of d_out x d_in entries exists but the frozen base weight:
+    not in the forward, the backward, the importance scores, the masks and stashes, an optimizer step, a commit,
+    nor in any state a checkpoint saves (the `sum` form; the `paper` form's (sum B)(sum A) is its documented cost)."""
+    from grasp_lora import prune
+    from grasp_lora.merge import MergedLoraLinear
+
+    d, rank, vocab = 4096, 8, 16
+    torch.manual_seed(0)
+
+    class OneLayer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(vocab, d)
+            base = torch.nn.Linear(d, d, bias=False).requires_grad_(False)
+            self.proj = MergedLoraLinear(base, [torch.randn(rank, d) * 0.01] * 2, [torch.randn(d, rank) * 0.01] * 2,
+                                         [2.0, 2.0], "sum", [0.0, 0.0])
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.proj(self.embed(input_ids))
+
+    model = OneLayer()
+    model.embed.requires_grad_(False)
+    batch = {"input_ids": torch.randint(0, vocab, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    crit = prune.CRITERIA[criterion](model, lambda: [batch])
+    watch = _DenseWatch(d * d, [model.proj.base.weight, model.embed.weight])
+    with watch:
+        for ratio in (0.3, 0.6):
+            model(**batch).pow(2).mean().backward()
+            crit.after_backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            scores = crit.scores()
+            prune.commit_masks(model, prune.masks_for_ratio(scores, ratio), "keep", opt)
+    assert watch.seen == [], watch.seen  # nothing d_out x d_in was ever made
+    state = [scores, prune.current_masks(model), prune.stashes(model), crit.state_dict(), opt.state_dict()["state"],
+             dict(model.named_buffers()), {n: p for n, p in model.named_parameters() if p is not model.proj.base.weight}]
+
+    def tensors(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                yield from tensors(v)
+    dense = [tuple(t.shape) for t in tensors(state) if t.numel() >= d * d and t is not model.embed.weight]
+    assert dense == [] and prune.kept_fraction(prune.current_masks(model)) == pytest.approx(0.4, abs=0.01)

@@ -147,3 +147,22 @@ def test_resume_with_more_steps_continues_and_other_options_are_refused(finished
     assert after["steps"] == 6 and after["rounds"] == 3
     assert [r["step"] for r in read_jsonl(root / "search" / "train_log.jsonl")] == list(range(1, 7))
     assert [r["step"] for r in read_jsonl(root / "search" / "history.jsonl")] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("kind", DAMAGES)
+def test_damaged_done_json_stops_the_experiment(kind, tmp_path):
+    """`run`'s resume reads each stage's done.json: damaged, it is named with the fix (delete it to redo the stage)."""
+    from grasp_lora.config import ExperimentConfig, build
+    from grasp_lora.demo import corpus_file
+    from grasp_lora.pipeline import Experiment
+
+    cfg = build(ExperimentConfig, overrides={"source_input": str(corpus_file("qa", "en")),
+                                             "target_input": str(corpus_file("qa", "ar"))})
+    exp = Experiment(cfg, tmp_path)
+    calls = []
+    stage = lambda: exp.stage("grid/p0.1/seed42", lambda d: calls.append(d) or {"val_loss": 1.25}, {"lr": 0.001})
+    assert stage()["val_loss"] == 1.25 and stage()["val_loss"] == 1.25 and len(calls) == 1  # done: not redone
+    damage(tmp_path / "grid/p0.1/seed42/done.json", kind, random.Random(kind))
+    with pytest.raises(UserError, match="done.json.*delete it to redo the stage"):
+        stage()
+    assert len(calls) == 1
