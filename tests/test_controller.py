@@ -11,8 +11,8 @@ from conftest import cli, run_cli
 from grasp_lora import prune
 from grasp_lora.config import ControllerOptions
 from grasp_lora.cli import command_config, make_parser
-from grasp_lora.controller import (CONTROLLERS, advantages, commit_rule, initial_sigma, nes_update, offline, policy_update,
-                                   rank_utilities, sample_candidates)
+from grasp_lora.controller import (CONTROLLERS, ControllerState, advantages, commit_rule, initial_sigma, nes_update,
+                                   offline, policy_update, rank_utilities, sample_candidates)
 from grasp_lora.files import read_jsonl
 
 S = ControllerOptions()
@@ -93,6 +93,21 @@ def test_fit_controller_finds_a_synthetic_optimum_from_any_start(optimum, start)
     errors = [abs(learned("fit", optimum, start, MEASURED_NOISE, 15, seed).result()["prune_ratio"] - optimum)
               for seed in range(10)]
     assert np.mean(errors) <= 0.10
+
+
+def test_a_settled_policy_stops_probing():
+    """converge_sigma: once sigma falls to it the controller commits p* and probes no more -- the rounds it saves,
+    at the same p* as probing to the end (noiseless), and never on a policy that has not settled (reinforce)."""
+    full = learned("fit", 0.7, 0.2, 0.0, 15)
+    s = ControllerOptions(controller="fit", p_init=0.2, controller_seed=0, converge_sigma=0.03)
+    early = offline(s, synthetic(0.7, 0.0, 0), 15)
+    rounds = early.state.rounds
+    assert 2 <= rounds < 15 and early.history[-1]["converged"] and early.state.sigma <= 0.03
+    assert early.state.p == early.result()["prune_ratio"] == pytest.approx(full.result()["prune_ratio"], abs=0.02)
+    assert early.result()["converged_at"] == rounds - 1 and early.round(99) is None
+    assert ControllerState.from_history(early.history).converged_at == rounds - 1
+    s = ControllerOptions(controller="reinforce", converge_sigma=0.03)
+    assert offline(s, synthetic(0.7, 0.0, 0), 10).state.converged_at is None  # its sigma only grows
 
 
 def test_reinforce_misses_the_synthetic_optimum():
@@ -231,6 +246,19 @@ def test_search_with_a_learning_controller(tmp_path, tiny_model, tiny_adapters, 
     ratio = json.loads((out / "ratio.json").read_text())
     assert ratio["controller"] == controller and ratio["rule"] in ("fit", "policy_mean", "committed")
     assert 0.1 <= ratio["prune_ratio"] <= 0.8
+
+
+def test_search_stops_probing_once_settled(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """A run whose policy settles after its first round trains on at p* with no more probes: one history record,
+    ratio.json says when, and the rest of the run kept p*'s mask."""
+    out = tmp_path / "settled"
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "fit", "--max-steps", 8,
+                            "--converge-sigma", 0.5)) == 0
+    hist = read_jsonl(out / "history.jsonl")
+    ratio = json.loads((out / "ratio.json").read_text())
+    assert len(hist) == 1 and hist[0]["converged"] and ratio["converged_at"] == hist[0]["step"] == 2
+    assert ratio["rounds"] == 1 and ratio["final_p"] == ratio["prune_ratio"]
+    assert [r["p"] for r in read_jsonl(out / "train_log.jsonl")][2:] == [ratio["prune_ratio"]] * 6
 
 
 def test_lookahead_probes_restore_everything(tmp_path, tiny_model, tiny_adapters, demo_data):

@@ -256,6 +256,9 @@ class ControllerOptions(Checked):
     lookahead_steps: int = opt(0, "each probe first trains this many optimizer steps under its mask (on the same "
                                    "training examples for every candidate and the committed ratio's reference), then "
                                    "measures the micro-dev loss; restored exactly after (0: instant masking, the paper)")
+    converge_sigma: float = opt(0.0, "stop probing once a round leaves sigma at or below this: the learned ratio p* "
+                                     "is committed and the rest of the run trains at it without probes (0: probe "
+                                     "to the end)")
     trace_ratios: list[float] = opt([], "diagnosis: also probe these ratios every round and record their micro-dev "
                                         "losses in history.jsonl (`trace`); the controller does not see them, and "
                                         "their time is not counted in probe_seconds")
@@ -269,6 +272,7 @@ class ControllerOptions(Checked):
         for name in ("round_every", "group_size"):
             at_least(self, name, 1)
         at_least(self, "lookahead_steps", 0)
+        at_least(self, "converge_sigma", 0)
         for name, value in CONTROLLERS[self.controller][1].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -114,6 +114,7 @@ class ControllerState:
     best_candidate: float | None = None
     rounds: int = 0
     min_sigma: float = math.inf  # the smallest sigma the policy has had
+    converged_at: int | None = None  # the step after which it stopped probing (converge_sigma)
     # every probe so far, one [p, base_loss, candidates, losses] per round (what pooled rules read)
     trials: list = field(default_factory=list)
 
@@ -137,6 +138,7 @@ class ControllerState:
         last = history[-1]
         st.p, st.mu, st.sigma, st.rounds = last["p_next"], last["mu_next"], last["sigma_next"], len(history)
         st.min_sigma = min(min(r["sigma"], r["sigma_next"]) for r in history)
+        st.converged_at = last["step"] if last.get("converged") else None
         return st
 
 
@@ -344,7 +346,10 @@ def offline(settings: ControllerOptions, loss_at: Callable[[int, float, float], 
     ctrl = Controller(settings, lambda ratios: [loss_at(k[0], p[0], r) for r in ratios],
                       lambda ratio: p.__setitem__(0, ratio), lambda: loss_at(k[0], p[0], p[0]))
     for k[0] in range(rounds):
-        ctrl.history.append(ctrl.round(k[0]))
+        record = ctrl.round(k[0])
+        if record is None:
+            break
+        ctrl.history.append(record)
     return ctrl
 
 
@@ -366,10 +371,13 @@ class Controller:
         self.state = ControllerState(p=settings.p_init, mu=settings.p_init, sigma=initial_sigma(settings))
         self.history: list[dict] = []  # the rounds' records, kept by offline runs (a model run appends history.jsonl)
 
-    def round(self, step: int) -> dict:
-        """One round: probe G candidate ratios as trial masks, update the policy, maybe commit."""
+    def round(self, step: int) -> dict | None:
+        """One round: probe G candidate ratios as trial masks, update the policy, maybe commit. None once the
+        policy has converged (sigma <= converge_sigma): the run then trains at p* without probes."""
         start = time.time()
         st, s = self.state, self.s
+        if st.converged_at is not None:
+            return None
         base_loss = self.base_fn()
         candidates = sample_candidates(self.rng, st.mu, st.sigma, s.group_size, s.p_min, s.p_max)
         losses = self.probe_fn(candidates)
@@ -388,7 +396,12 @@ class Controller:
         st.min_sigma = min(st.min_sigma, st.sigma, decision["sigma_next"])
         st.p, st.mu, st.sigma = decision["p_next"], decision["mu_next"], decision["sigma_next"]
         st.rounds += 1
-        return {**record, **decision, "seconds": time.time() - start - trace_seconds}
+        if s.converge_sigma and st.sigma <= s.converge_sigma:  # settled: train at p* from here on
+            st.converged_at = step
+            st.p = decision["p_next"] = self.result()["prune_ratio"]
+            self.commit_fn(st.p)
+        return {**record, **decision, "converged": st.converged_at is not None,
+                "seconds": time.time() - start - trace_seconds}
 
     def result(self) -> dict:
         """ratio.json: p* by the asked rule (the committed ratio when that rule cannot tell, e.g. no
@@ -403,7 +416,7 @@ class Controller:
                 "best_reward": st.best_reward if math.isfinite(st.best_reward) else None,
                 "best_candidate": st.best_candidate, "from_prior": self.from_prior(by_rule[rule]),
                 "rounds": st.rounds, "final_p": st.p, "final_mu": st.mu, "final_sigma": st.sigma,
-                "min_sigma": min(st.min_sigma, st.sigma)}
+                "min_sigma": min(st.min_sigma, st.sigma), "converged_at": st.converged_at}
 
     def from_prior(self, p_star: float) -> bool:
         return from_prior(p_star, self.state, self.s)

@@ -114,6 +114,8 @@ class SearchHooks(PruneHooks):
 
     def controller_round(self, step: int) -> None:
         """Rank 0 probes and decides; every other rank takes its masks and state."""
+        if self.controller.state.converged_at is not None:
+            return  # settled: a plain run at p* from here (every rank knows: the state is broadcast)
         if distributed.is_main():
             record = self.controller.round(step)
             record["kept_fraction"] = prune.kept_fraction(prune.current_masks(self.setup.model))
