@@ -47,6 +47,7 @@ def finished(tmp_path_factory, tiny_model, tiny_adapters, demo_data):
     assert cli("search", "--model", tiny_model, "--data", root / "data", "--lang", "ar", "--adapters",
                tiny_adapters["en"], tiny_adapters["ar"], "--out", root / "search", "--max-steps", 4, "--round-every", 2,
                "--grad-accum", 2, "--checkpoint-every", 1, "--epochs", 3, "--patience", 0) == 0
+    assert cli(*final(root, tiny_model, tiny_adapters, 4, resume=False)) == 0
     assert cli("generate", "--model", tiny_model, "--data", root / "data", "--lang", "ar", "--out",
                root / "run" / "predictions.jsonl", "--limit", 3, "--max-new-tokens", 2) == 0
     assert cli("evaluate", "--predictions", root / "run" / "predictions.jsonl", "--lang", "ar", "--data", root / "data",
@@ -61,12 +62,23 @@ def resume(root: Path, tiny_model, tiny_adapters) -> list:
             "--checkpoint-every", 1, "--epochs", 3, "--patience", 0, "--resume"]
 
 
+def final(root: Path, tiny_model, tiny_adapters, steps: int = 6, resume: bool = True) -> list:
+    """finetune-merged: the finished 4-step run, and its resume with more steps."""
+    return ["finetune-merged", "--model", tiny_model, "--data", root / "data", "--lang", "ar", "--adapters",
+            tiny_adapters["en"], tiny_adapters["ar"], "--out", root / "final0", "--prune-ratio", 0.3,
+            "--grad-accum", 2, "--checkpoint-every", 1, "--epochs", 3, "--patience", 0, "--max-steps", steps,
+            *(["--resume"] if resume else [])]
+
+
 # command -> (its arguments on a copy of the records, what it leaves that must equal the undamaged run's)
 COMMANDS = {
     "report": (lambda r, m, a: ["report", r / "search", r / "run", "--out", r / "report"],
                lambda r: [(r / "report" / "results.md").read_text(), (r / "report" / "runtime.md").read_text()]),
     "search_resume": (resume, lambda r: [without_seconds(read_jsonl(r / "search" / "history.jsonl")),
                                          without_seconds([json.loads((r / "search" / "ratio.json").read_text())])]),
+    "finetune_resume": (final, lambda r: [
+        without_seconds(read_jsonl(r / "final0" / "train_log.jsonl")),
+        without_seconds([json.loads((r / "final0" / "train_summary.json").read_text())])]),
     "prune_ratio_file": (lambda r, m, a: ["finetune-merged", "--model", m, "--data", r / "data", "--lang", "ar",
                                           "--adapters", a["en"], a["ar"], "--out", r / "final", "--max-steps", 1,
                                           "--prune-ratio", r / "search" / "ratio.json"],
@@ -82,7 +94,8 @@ READS = [("search/history.jsonl", "report"), ("search/ratio.json", "report"), ("
          ("run/run.json", "report"), ("run/metrics.json", "report"),
          ("search/history.jsonl", "search_resume"), ("search/train_log.jsonl", "search_resume"),
          ("search/val_log.jsonl", "search_resume"), ("search/config.yaml", "search_resume"),
-         ("search/ratio.json", "prune_ratio_file"), ("run/predictions.jsonl", "evaluate"),
+         ("final0/train_log.jsonl", "finetune_resume"), ("final0/val_log.jsonl", "finetune_resume"),
+         ("final0/config.yaml", "finetune_resume"), ("search/ratio.json", "prune_ratio_file"), ("run/predictions.jsonl", "evaluate"),
          ("data/splits.json", "evaluate"), ("data/splits.json", "generate")]
 
 
