@@ -146,9 +146,12 @@ def discriminating_power(grid: dict[float, dict[int, float]]) -> float | None:
 
 
 def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
-    complete = {p: v for p, v in grid.items() if v}
+    # only the seeds run at every ratio: a seed still part-way would tilt the mean curve where it has run
+    seeds = set.intersection(*(set(v) for v in grid.values()))
+    complete = {p: {s: v[s] for s in sorted(seeds)} for p, v in grid.items() if seeds}
     if len(complete) < len(GRID):
-        return {"case": name, "status": f"grid incomplete ({len(complete)}/{len(GRID)} points)"}
+        done = sum(bool(v) for v in grid.values())
+        return {"case": name, "status": f"grid incomplete ({done}/{len(GRID)} points in some seed, none in all)"}
     curve = {p: float(np.mean(list(v.values()))) for p, v in complete.items()}
     lo, hi = min(curve.values()), max(curve.values())
     regret = lambda p: (interpolate(curve, p) - lo) / (hi - lo)

@@ -108,6 +108,9 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
         results.append(bc.summarise(name, grid_runs, {"fit": {0.4: {42: run}}}, tmp_path / name))
     a, b = results
     span = 0.6 ** 2  # case a: (0.8 - 0.2)^2
+    # a third seed run at one ratio so far changes nothing: the curve holds the seeds run at every ratio
+    part_way = {p: {**s, **({9001: 5.0} if p == 0.1 else {})} for p, s in grid_runs.items()}
+    assert bc.summarise("b", part_way, {}, tmp_path / "b")["curve"] == b["curve"]
     assert a["power"] == pytest.approx(span / (0.02 / 2 ** 0.5))
     assert a["grid_best"] == 0.2 and b["grid_best"] == 0.7
     assert a["variants"]["fit"]["0.4"]["start_regret"] == pytest.approx(0.2 ** 2 / span)
