@@ -132,7 +132,7 @@ def test_killed_at_random_times_leaves_only_whole_files(tmp_path, tiny_model, ti
                 [json.loads(line) for line in text.splitlines()]
             elif f.suffix == ".pt":
                 torch.load(f, weights_only=False)
-        r = run_cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--max-steps", 8, "--resume"))
+        r = run_cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--max-steps", 40, "--resume"))
         assert r.returncode == 0, r.stderr[-2000:]
         assert not list(out.rglob(f"*{TMP_SUFFIX}"))  # the next command clears a killed writer's temp files
 

@@ -160,6 +160,10 @@ def test_resume_with_more_steps_continues_and_other_options_are_refused(finished
     assert after["steps"] == 6 and after["rounds"] == 3
     assert [r["step"] for r in read_jsonl(root / "search" / "train_log.jsonl")] == list(range(1, 7))
     assert [r["step"] for r in read_jsonl(root / "search" / "history.jsonl")] == [2, 4, 6]
+    capsys.readouterr()
+    assert cli(*args[:-1], "--max-steps", 3, "--resume") == 2  # the run is past step 3
+    err = capsys.readouterr().err
+    assert "--max-steps 3" in err and "already past it" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("kind", DAMAGES)

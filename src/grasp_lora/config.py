@@ -615,9 +615,9 @@ def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Non
     write_text(Path(out_dir) / name, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True))
 
 
-# What a resumed run may change: options that only extend it (more steps or epochs: it continues from its
-# checkpoint), and options that do not change what it computes.
-EXTENDING = ("max_steps", "epochs")
+# What a resumed run may change: where it stops (more steps or epochs continue it from its checkpoint, fewer end it
+# sooner if it has not passed them: train.train says when it has), and options that do not change what it computes.
+LIMITS = ("max_steps", "epochs")
 FREE_ON_RESUME = ("resume", "out", "device", "report_to", "checkpoint_every", "gradient_checkpointing", "export_adapter")
 
 
@@ -637,13 +637,11 @@ def save_run_config(cfg: Any, work: Path) -> None:
         old, differ = read_yaml(previous), []
         for f in dataclasses.fields(cfg):
             new, was = getattr(cfg, f.name), old.get(f.name)
-            if f.name in FREE_ON_RESUME or new == was or (f.metadata.get("input") and _same_input(new, was)):
+            if f.name in FREE_ON_RESUME + LIMITS or new == was or (f.metadata.get("input") and _same_input(new, was)):
                 continue
-            if f.name in EXTENDING and isinstance(was, int) and (new == 0 or (was and new > was)):
-                continue  # max_steps 0: no cap
             differ.append(f"{f.name} {was} -> {new}")
         if differ:
-            raise OptionError("resume", f"continues the run in {work.parent} only with its own options, or more "
-                              f"steps or epochs; these differ: {'; '.join(differ)}. Run without <resume> (a fresh run) "
-                              "or with the recorded options (its config.yaml)")
+            raise OptionError("resume", f"continues the run in {work.parent} only with its own options (but for "
+                              f"<max_steps> and <epochs>); these differ: {'; '.join(differ)}. Run without <resume> (a "
+                              "fresh run) or with the recorded options (its config.yaml)")
     save_config(cfg, work)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data.batching import collate
-from .errors import NumericalError, UserError
+from .errors import NumericalError, OptionError, UserError
 from .files import RESUME_FIX, append_jsonl, atomic_path, read_jsonl, truncate_jsonl
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,11 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
     progress = Progress(evaluations=0)
     if settings.resume and ckpt.is_file():
         progress = load_checkpoint(ckpt, params, optimizer, scheduler, hooks)
+        for name, done, limit in (("max_steps", progress.step, settings.max_steps),
+                                  ("epochs", progress.epoch + bool(progress.group), settings.epochs)):
+            if limit and done > limit:
+                raise OptionError({name: limit}, f"the run in {out_dir.parent} is already past it ({name} done: "
+                                                  f"{done}); give at least {done}, or run without <resume>")
         more_steps = not settings.max_steps or progress.step < settings.max_steps
         if progress.stopped in ("max_steps", "epochs") and more_steps and progress.epoch < settings.epochs:
             progress.stopped = ""  # a finished run given more steps or epochs continues
