@@ -269,7 +269,8 @@ def main():
     probes = search["probe_seconds"]
     print(f"costs (outside the training loop + per trained example): a grid run {fixed_grid:.0f} s + {t_grid:.3f} s; "
           f"the controller run {fixed_search:.0f} s + {t_search:.3f} s, + {probes / rounds:.1f} s of probes per round "
-          f"({rounds} rounds: {probes / search['run_seconds']:.0%} of the controller run)")
+          f"({rounds} rounds: {probes / search['run_seconds']:.0%} of the controller run; probe seconds / training "
+          f"seconds {probes / (search['train_seconds'] - probes):.2f})")
     for n in sorted({examples, 1000, 3000, 10000}):
         grid_run, one_run = fixed_grid + n * t_grid, fixed_search + n * t_search + probes
         print(f"  predicted at {n} trained examples per run (more epochs), {rounds} rounds: GRASP "

@@ -116,6 +116,10 @@ def test_report_on_the_standalone_commands_folders(tmp_path, monkeypatch, tiny_m
     runtime = (tmp_path / "report" / "runtime.md").read_text()
     grasp = next(line for line in runtime.splitlines() if line.startswith("| GRASP"))
     assert grasp.split(" | ")[3] == "2"  # the controller run and the final run
+    ratio = json.loads((tmp_path / "search" / "ratio.json").read_text())
+    chosen = next(line for line in md.splitlines() if line.startswith("| search |"))
+    cost = ratio["probe_seconds"] / (ratio["seconds"] - ratio["probe_seconds"])
+    assert chosen.split(" | ")[5] == f"{cost:.2f}"  # probe seconds / training seconds of the controller run
 
 
 def test_metrics_plot_shows_an_unavailable_metric_as_missing(tmp_path, monkeypatch):

@@ -251,8 +251,8 @@ def _save_figure(fig, path: Path) -> None:
 
 def how_chosen(histories: Histories) -> str:
     """Markdown: for each controller run, the learned ratio, the rule that read it, and what it rests on."""
-    lines = ["| controller run | p* | rule | rounds | probes | best single reward (its ratio) | other rules |",
-             "| --- | ---: | --- | ---: | ---: | --- | --- |"]
+    lines = ["| controller run | p* | rule | rounds | probes | probe s / training s | best single reward (its ratio) | "
+             "other rules |", "| --- | ---: | --- | ---: | ---: | ---: | --- | --- |"]
     for src, _, ratio in histories:
         if ratio is None:
             continue
@@ -262,8 +262,10 @@ def how_chosen(histories: Histories) -> str:
                                  else f" (asked {ratio['asked_rule']}: it could not tell)")
         others = ", ".join(f"{k} {v:.3f}" for k, v in ratio.get("by_rule", {}).items()
                            if v is not None and k != ratio["rule"])
+        probe, total = ratio.get("probe_seconds"), ratio.get("seconds")
+        cost = f"{probe / (total - probe):.2f}" if probe is not None and total and total > probe else "—"
         lines.append(f"| {src.parent.name} | {ratio['prune_ratio']:.3f} | {asked} | {ratio['rounds']} | "
-                     f"{ratio.get('trials', '—')} | {best} | {others or '—'} |")
+                     f"{ratio.get('trials', '—')} | {cost} | {best} | {others or '—'} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
