@@ -109,8 +109,8 @@ class SearchHooks(PruneHooks):
         self.probe_seconds = state["probe_seconds"]
         self._scores = state["scores"] if "scores" in state else state["controller"].get("scores")  # older runs
         if distributed.is_main():
-            truncate_jsonl(self.history, lambda r: r["step"] <= step)
-            check_log_length(self.history, self.controller.state.rounds, "controller rounds")
+            rounds = truncate_jsonl(self.history, lambda r: r["step"] <= step)
+            check_log_length(self.history, rounds, self.controller.state.rounds, "controller rounds")
 
     def controller_round(self, step: int) -> None:
         """Rank 0 probes and decides; every other rank takes its masks and state."""

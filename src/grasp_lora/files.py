@@ -117,10 +117,14 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 RESUME_FIX = "repair or delete that line, or run again without --resume"
 
 
-def truncate_jsonl(path: str | os.PathLike, keep) -> None:
-    """Rewrite a log keeping the rows for which keep(row) is true (a resumed run drops what it will redo)."""
-    if Path(path).is_file():
-        write_jsonl(path, [r for r in read_jsonl(path, RESUME_FIX) if keep(r)])
+def truncate_jsonl(path: str | os.PathLike, keep) -> int:
+    """Rewrite a log keeping the rows for which keep(row) is true (a resumed run drops what it will redo); returns
+    how many it kept."""
+    if not Path(path).is_file():
+        return 0
+    rows = [r for r in read_jsonl(path, RESUME_FIX) if keep(r)]
+    write_jsonl(path, rows)
+    return len(rows)
 
 
 def identity(path: str | None) -> object:

@@ -176,13 +176,17 @@ def template_yaml(code: str) -> str:
     return (f"{code}: {{qa: \"...{{context}}...{{question}}...<answer keyword>:\", tokenize: whitespace, articles: []}}")
 
 
-def get_language(code: str, prompts_file: str | None = None, option: str = "lang") -> Language:
-    langs = load(prompts_file)
+def pick(langs: dict[str, Language], code: str, prompts_file: str | None) -> Language:
+    """`code`'s entry of `load(prompts_file)`, or the one line that says what entry to write."""
     if code not in langs:
         where = f"add it to {prompts_file}" if prompts_file else "describe it in a YAML file passed with <prompts>"
-        raise OptionError({option: code}, f"unknown language (built in: {', '.join(sorted(BUILTIN))}); {where}: "
+        raise OptionError({"lang": code}, f"unknown language (built in: {', '.join(sorted(BUILTIN))}); {where}: "
                                           f"{template_yaml(code)} (README: Another language)")
     return langs[code]
+
+
+def get_language(code: str, prompts_file: str | None = None) -> Language:
+    return pick(load(prompts_file), code, prompts_file)
 
 
 def as_language(lang: str | Language) -> Language:

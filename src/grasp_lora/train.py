@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .data.batching import collate
 from .errors import NumericalError, OptionError, UserError
-from .files import RESUME_FIX, append_jsonl, atomic_path, read_jsonl, truncate_jsonl
+from .files import RESUME_FIX, append_jsonl, atomic_path, truncate_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,9 @@ def load_checkpoint(path: Path, params, optimizer, scheduler, hooks: Hooks) -> P
     return progress
 
 
-def check_log_length(path: Path, expected: int, what: str) -> None:
+def check_log_length(path: Path, found: int, expected: int, what: str) -> None:
     """A log a resumed run continues must hold one line for each of the checkpoint's steps (or evaluations): one
     cut at a line boundary reads as a valid shorter log."""
-    found = len(read_jsonl(path, RESUME_FIX)) if path.is_file() else 0
     if found != expected:
         raise UserError(f"{path}: {found} lines, but the checkpoint has {expected} {what}; the log is incomplete: "
                         f"{RESUME_FIX}")
@@ -232,12 +231,12 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
                    else f"it stopped early (no better val loss in {settings.patience} epochs)")
             log.warning("%s: nothing to continue after step %d: %s", out_dir.parent, progress.step, why)
         if main:
-            truncate_jsonl(train_log, lambda r: r["step"] <= progress.step)
-            truncate_jsonl(val_log, lambda r: r["step"] <= progress.step)
-            check_log_length(train_log, progress.step, "steps")
+            steps = truncate_jsonl(train_log, lambda r: r["step"] <= progress.step)
+            evaluations = truncate_jsonl(val_log, lambda r: r["step"] <= progress.step)
+            check_log_length(train_log, steps, progress.step, "steps")
             if progress.evaluations < 0:  # an older checkpoint: count them now
-                progress.evaluations = len(read_jsonl(val_log, RESUME_FIX)) if val_log.is_file() else 0
-            check_log_length(val_log, progress.evaluations, "evaluations")
+                progress.evaluations = evaluations
+            check_log_length(val_log, evaluations, progress.evaluations, "evaluations")
     elif main:
         out_dir.mkdir(parents=True, exist_ok=True)
         for log in (train_log, val_log):

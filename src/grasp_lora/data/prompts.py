@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass
 
 from ..errors import OptionError, UserError
-from ..languages import get_language, load
+from ..languages import Language, load, pick
 from .records import FIELDS, LONG_FIELD
 
 
@@ -45,10 +45,10 @@ def _check_template(task: str, lang: str, template: str, source: str) -> None:
         raise UserError(f"{source}: {task}/{lang} template must contain {{{LONG_FIELD[task]}}}")
 
 
-def table(prompts_file: str | None = None) -> dict[str, dict[str, Prompt]]:
-    """task -> language -> Prompt: the built-in languages' templates, with those of `prompts_file`."""
+def table(langs: dict[str, Language]) -> dict[str, dict[str, Prompt]]:
+    """task -> language -> Prompt: the templates of `langs` (languages.load), each checked."""
     out: dict[str, dict[str, Prompt]] = {}
-    for lang in load(prompts_file).values():
+    for lang in langs.values():
         for task, entry in lang.templates.items():
             template, prefix = (entry.get("template"), entry.get("target_prefix")) if isinstance(entry, dict) \
                 else (entry, None)
@@ -61,8 +61,9 @@ def table(prompts_file: str | None = None) -> dict[str, dict[str, Prompt]]:
 
 
 def get_prompt(task: str, lang: str, prompts_file: str | None = None) -> Prompt:
-    get_language(lang, prompts_file)  # an unknown language: the YAML entry to write
-    prompts = table(prompts_file)
+    langs = load(prompts_file)
+    pick(langs, lang, prompts_file)  # an unknown language: the YAML entry to write
+    prompts = table(langs)
     if task not in prompts:
         raise OptionError({"task": task}, f"unknown task; known: {', '.join(prompts)}")
     if lang not in prompts[task]:
