@@ -64,7 +64,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int], controller_seeds: list[int],
              variants: dict[str, dict], starts: list[float], data: str | None, adapters: list[str] | None,
-             report_only: bool, verify: bool = False, trace: tuple[list[float], int] | None = None) -> dict:
+             report_only: bool, verify: bool = False, trace: tuple | None = None) -> dict:
     from grasp_lora.controller_run import search
 
     exp = Experiment(cfg, out)
@@ -109,10 +109,12 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
 
     run_grid(grid_seeds[:1])
     if trace:  # one reinforce run from 0.4 that also probes fixed ratios each round (replay_controller.py)
-        ratios, steps = trace
-        name = f"trace/seed{controller_seeds[0]}" if not steps else f"trace-lookahead{steps}/seed{controller_seeds[0]}"
-        stage(name, controller(controller_seeds[0], {"controller": "reinforce", "trace_ratios": ratios,
-                                                     "lookahead_steps": steps}))
+        ratios, steps, probe_from, batch, criterion = trace
+        kind = "trace" + (f"-{probe_from}" if probe_from != "current" else "") + (f"-lookahead{steps}" if steps else "") \
+            + (f"-batch{batch}" if batch else "") + (f"-{criterion}" if criterion else "")
+        stage(f"{kind}/seed{controller_seeds[0]}", controller(controller_seeds[0], {
+            "controller": "reinforce", "trace_ratios": ratios, "lookahead_steps": steps, "probe_from": probe_from,
+            "lookahead_batch": batch, **({"criterion": criterion} if criterion else {})}))
     for s in controller_seeds:  # every start and variant of one seed before the next seed: all columns fill early
         for v, opts in variants.items():
             for p0 in starts:
@@ -323,6 +325,13 @@ def main():
     ap.add_argument("--trace-ratios", type=float, nargs="+", default=GRID, help="with --trace: the ratios probed")
     ap.add_argument("--trace-lookahead", type=int, default=0, metavar="N", help="with --trace: that run's probes "
                     "train N steps under each mask first (stage trace-lookaheadN/; its trace holds both)")
+    ap.add_argument("--trace-from", choices=["current", "start"], default="current", help="with --trace-lookahead: "
+                    "the probes train from the run's weights or from its starting weights (stage trace-start-...; "
+                    "such probes do not depend on what the run committed, so a replay on them is exact)")
+    ap.add_argument("--trace-batch", type=int, metavar="B", help="with --trace-lookahead: training examples per "
+                    "look-ahead step (6: the grid runs' batching)")
+    ap.add_argument("--trace-criterion", choices=["magnitude", "input_weighted", "sensitivity"],
+                    help="the trace run's pruning criterion (default: the controller's, magnitude)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option for every case")
     ap.add_argument("--verify-retrained", action="store_true",
                     help="the kept stages' adapters differ in bits from this machine's: rerun grid p=0.1 seed 42 and "
@@ -348,7 +357,8 @@ def main():
         print(describe(name, cfg, args.grid_seeds, args.controller_seeds, args.starts), flush=True)
         results.append(run_case(name, cfg, Path(args.out) / name, args.grid_seeds, args.controller_seeds, variants,
                                 args.starts, args.data, args.adapters, args.report_only, args.verify_retrained,
-                                (args.trace_ratios, args.trace_lookahead) if args.trace else None))
+                                (args.trace_ratios, args.trace_lookahead, args.trace_from, args.trace_batch,
+                                 args.trace_criterion) if args.trace else None))
     leave_one_out(results)
     for r in results:
         print(f"case {r['case']}:\n{report(r)}", flush=True)

@@ -77,11 +77,11 @@ def interpolate(curve: dict[float, float], p: float) -> float:
     return float(np.interp(p, xs, [curve[x] for x in xs]))
 
 
-STAGE_RECORDS = ("done.json", "history.jsonl", "ratio.json")
+STAGE_RECORDS = ("done.json", "history.jsonl", "ratio.json", "val_log.jsonl")  # val logs: how early a run ranks
 
 
 def keep_state(out: Path, keep: Path, stages: list[str], command: str) -> None:
-    """Copy the small records of every finished stage matching the globs `stages` (done.json, history, ratio.json)
+    """Copy the small records of every finished stage matching the globs `stages` (done.json, history, ratio.json, val log)
     and the adapters' fingerprints (adapters.json) from `out` to `keep`: runs/ is not kept between sessions, so a
     later session copies them back and continues. Data and adapters are remade (cheap, and checked against the
     fingerprints, check_adapters); stages are redone only where their records are missing."""

@@ -18,21 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from cases import interpolate
-from grasp_lora.config import ControllerOptions
+from grasp_lora.config import ControllerOptions, build
 from grasp_lora.controller import CONTROLLERS, offline
 from grasp_lora.files import read_jsonl
 
 
 def grid_curve(case: Path) -> dict[float, float]:
-    points: dict[float, list[float]] = {}
+    """The mean grid curve over the seeds run at every ratio (as bench_controller's summary)."""
+    points: dict[float, dict[str, float]] = {}
     for done in case.glob("grid/p*/seed*/done.json"):
-        points.setdefault(float(done.parts[-3][1:]), []).append(json.loads(done.read_text())["val_loss"])
-    return {p: float(np.mean(v)) for p, v in sorted(points.items())}
+        points.setdefault(float(done.parts[-3][1:]), {})[done.parts[-2]] = json.loads(done.read_text())["val_loss"]
+    seeds = set.intersection(*(set(v) for v in points.values())) if points else set()
+    return {p: float(np.mean([v[s] for s in seeds])) for p, v in sorted(points.items())} if seeds else {}
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -47,6 +50,10 @@ def main():
     ap.add_argument("--controllers", nargs="+", default=sorted(CONTROLLERS), choices=sorted(CONTROLLERS))
     ap.add_argument("--starts", type=float, nargs="+", default=[0.2, 0.4, 0.6])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 1337, 9001], help="controller seeds")
+    ap.add_argument("--rounds", type=int, help="replay only the first N rounds of each trace (a run of round_every "
+                    "K gets its steps / K)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a controller option for every replayed controller (e.g. group_size=4)")
     args = ap.parse_args()
     for name in args.case:
         case = Path(args.out) / name
@@ -59,14 +66,23 @@ def main():
         print(f"case {name}: grid best p = {min(curve, key=curve.get)} over {len(curve)} ratios")
         for path in traces:
             history = read_jsonl(path)
-            for key in ("trace", "trace_lookahead"):
-                rounds = [r[key] for r in history if key in r]
+            for key in ("trace", "trace_lookahead", "trace_online"):
+                rounds = [r[key] for r in history if key in r][:args.rounds]
                 if rounds:
-                    print(f"  {key} of {path.relative_to(case)}: {len(rounds)} rounds")
-                    analyse(rounds, [r["p"] for r in history if key in r], curve, args)
+                    # probes from the starting weights do not depend on the run's commits: the replay is exact
+                    stage = path.relative_to(case).parts[0]  # trace[-start][-lookaheadN]
+                    start = key != "trace" and stage.startswith("trace-start")
+                    print(f"  {key} of {path.relative_to(case)}: {len(rounds)} rounds"
+                          + (" (from the starting weights: an exact replay)" if start else ""))
+                    options = dict(kv.split("=", 1) for kv in args.set)
+                    if start:
+                        steps = re.search(r"lookahead(\d+)", stage)
+                        options.update(probe_from="start", lookahead_steps=int(steps[1]) if steps else 0,
+                                       probe_loss="online" if key == "trace_online" else "micro_dev")
+                    analyse(rounds, [r["p"] for r in history if key in r][:args.rounds], curve, args, options)
 
 
-def analyse(rounds: list[list], committed: list[float], curve: dict[float, float], args) -> None:
+def analyse(rounds: list[list], committed: list[float], curve: dict[float, float], args, options: dict) -> None:
     lo, hi = min(curve.values()), max(curve.values())
     regret = lambda p: (interpolate(curve, p) - lo) / (hi - lo)
     rhos = [spearman([l for r, l in t if r in curve], [curve[r] for r, _ in t if r in curve]) for t in rounds]
@@ -82,8 +98,9 @@ def analyse(rounds: list[list], committed: list[float], curve: dict[float, float
     print(f"    {'controller':<12}{'start':>6}  {'p* per seed':<24}{'regret':>8}{'start held':>12}")
     for c in args.controllers:
         for p0 in args.starts:
-            ps = [offline(ControllerOptions(controller=c, p_init=p0, controller_seed=s), loss_at,
-                          len(rounds)).result()["prune_ratio"] for s in args.seeds]
+            ps = [offline(build(ControllerOptions, overrides={**options, "controller": c, "p_init": p0,
+                                                              "controller_seed": s},
+                                source="replay"), loss_at, len(rounds)).result()["prune_ratio"] for s in args.seeds]
             print(f"    {c:<12}{p0:>6}  {' '.join(f'{p:.3f}' for p in ps):<24}"
                   f"{np.mean([regret(p) for p in ps]):>8.3f}{regret(p0):>12.3f}")
 

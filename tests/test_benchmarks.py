@@ -139,3 +139,18 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
     assert "Spearman(probe loss, grid val loss): +1.00" in out
     fit_row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["fit"])
     assert float(fit_row[2]) == pytest.approx(0.2, abs=0.01) and float(fit_row[3]) < 0.01
+
+    # a trace from the starting weights (--trace-from start): its look-ahead probes replay the `fit` controller as
+    # a run with probe_from start would (no anchoring term), here with the optimum at 0.7; first 4 rounds only
+    start = tmp_path / "a" / "trace-start-lookahead5/seed42"
+    start.mkdir(parents=True)
+    rows = [{**r, "trace_lookahead": [[p, 1.9 - 0.02 * k + 3 * (p - 0.7) ** 2] for p in grid]} for k, r in enumerate(rows)]
+    (start / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(sys, "argv", sys.argv + ["--rounds", "4"])
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        replay_controller.main()
+    out = buf.getvalue().split("trace_lookahead of trace-start-lookahead5/seed42/history.jsonl: 4 rounds (from the "
+                               "starting weights: an exact replay)")[1]
+    fit_row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["fit"])
+    assert float(fit_row[2]) == pytest.approx(0.7, abs=0.01)

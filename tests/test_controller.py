@@ -261,22 +261,89 @@ def test_search_stops_probing_once_settled(tmp_path, tiny_model, tiny_adapters, 
     assert [r["p"] for r in read_jsonl(out / "train_log.jsonl")][2:] == [ratio["prune_ratio"]] * 6
 
 
-def test_lookahead_probes_restore_everything(tmp_path, tiny_model, tiny_adapters, demo_data):
+@pytest.mark.parametrize("probe_from", ["current", "start"])
+def test_lookahead_probes_restore_everything(tmp_path, tiny_model, tiny_adapters, demo_data, probe_from):
     """Look-ahead probes train under each mask and then put weights, moments, masks, stashes and the dropout RNG
     back: a run that also traces two look-ahead probes every round trains exactly as one that does not, and the
     two probes of one ratio on one round's weights agree to the bit."""
     logs = {}
     for name, extra in (("plain", []), ("traced", ["--trace-ratios", "0.3", "0.3"])):
         out = tmp_path / name
-        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--lookahead-steps", 2, *extra)) == 0
+        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--lookahead-steps", 2,
+                                "--probe-from", probe_from, *extra)) == 0
         logs[name] = ([r["loss"] for r in read_jsonl(out / "train_log.jsonl")], read_jsonl(out / "history.jsonl"))
     assert logs["plain"][0] == logs["traced"][0]
     strip = lambda h: [{k: v for k, v in r.items() if not k.startswith(("seconds", "trace"))} for r in h]
     assert strip(logs["plain"][1]) == strip(logs["traced"][1])
     for rec in logs["traced"][1]:
         (_, a), (_, b) = rec["trace_lookahead"]
-        assert a == b and math.isfinite(a) and [r for r, _ in rec["trace"]] == [0.3, 0.3]
+        assert a == b and math.isfinite(a)
+        # the instant trace probes this round's weights, which probes from the start never see
+        assert [r for r, _ in rec["trace"]] == [0.3, 0.3] if probe_from == "current" else "trace" not in rec
         assert all(math.isfinite(r) for r in rec["rewards"])
+
+
+def test_probes_from_start_do_not_depend_on_the_run(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """probe_from start: a probe begins at the starting weights, so two runs that train at different ratios measure
+    the same loss for one ratio in one round, while probes from the current weights differ between them."""
+    probes = {}
+    for where in ("current", "start"):
+        for p_init in (0.2, 0.6):
+            out = tmp_path / f"{where}{p_init}"
+            assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--lookahead-steps", 2, "--probe-from",
+                                    where, "--p-init", p_init, "--trace-ratios", 0.3, 0.5)) == 0
+            probes[where, p_init] = [r["trace_lookahead"] for r in read_jsonl(out / "history.jsonl")]
+            probes[where, p_init, "online"] = [r["trace_online"] for r in read_jsonl(out / "history.jsonl")]
+    assert probes["start", 0.2] == probes["start", 0.6] and len(probes["start", 0.2]) == 3
+    assert probes["start", 0.2, "online"] == probes["start", 0.6, "online"]
+    assert probes["current", 0.2] != probes["current", 0.6]
+    # each round draws its own training examples: the same experiment, not the same number every round
+    assert len({l for rec in probes["start", 0.2] for r, l in rec if r == 0.3}) == 3
+
+
+def test_lookahead_batch_sets_the_examples_per_step(tmp_path, tiny_model, tiny_adapters, demo_data, capsys):
+    """--lookahead-batch: the look-ahead's examples per step; unset, the run's batch x accumulation (here 1 x 2)."""
+    runs = {}
+    for name, extra in (("default", []), ("two", ["--lookahead-batch", 2]), ("four", ["--lookahead-batch", 4])):
+        out = tmp_path / name
+        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--lookahead-steps", 2, "--probe-from",
+                                "start", "--trace-ratios", 0.3, *extra)) == 0
+        runs[name] = [r["trace_online"] for r in read_jsonl(out / "history.jsonl")]
+    assert runs["default"] == runs["two"] != runs["four"]
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, tmp_path / "bad", "--lookahead-batch", 0)) == 2
+    assert "--lookahead-batch 0: must be a number > 0" in capsys.readouterr().err
+
+
+def test_online_probe_loss_needs_lookahead(tmp_path, tiny_model, tiny_adapters, demo_data, capsys):
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, tmp_path / "o", "--probe-loss", "online")) == 2
+    assert "--lookahead-steps" in capsys.readouterr().err
+
+
+def test_instant_probes_from_start_repeat_every_round(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """probe_from start without look-ahead: the starting weights' masking loss, the same number every round for one
+    ratio, whatever the run trained in between."""
+    out = tmp_path / "o"
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--probe-from", "start",
+                            "--trace-ratios", 0.3, 0.6)) == 0
+    hist = read_jsonl(out / "history.jsonl")
+    assert len(hist) == 3 and all(r["trace_lookahead"] == hist[0]["trace_lookahead"] for r in hist)
+    assert "trace_online" not in hist[0] and hist[0]["trace_lookahead"][0][1] != hist[0]["trace_lookahead"][1][1]
+
+
+def test_online_probe_loss_is_the_lookahead_training_loss(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """probe_loss online: a probe's loss is the mean loss of its look-ahead steps' examples before each step trains
+    on them, not a micro-dev pass. A run held at 0.3 scores its reference (the base loss) exactly as the trace's
+    online loss at 0.3 in the same round, and unlike the trace's micro-dev loss after the same steps."""
+    out = tmp_path / "online"
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--lookahead-steps", 2, "--probe-from", "start",
+                            "--probe-loss", "online", "--p-init", 0.3, "--max-ratio-step", 1e-9,
+                            "--trace-ratios", 0.3)) == 0
+    hist = read_jsonl(out / "history.jsonl")
+    assert len(hist) == 3
+    for rec in hist:
+        assert rec["p"] == pytest.approx(0.3, abs=1e-6) and all(math.isfinite(x) for x in rec["losses"])
+        assert rec["base_loss"] == pytest.approx(rec["trace_online"][0][1], rel=1e-6)
+        assert rec["base_loss"] != pytest.approx(rec["trace_lookahead"][0][1], rel=1e-6)
 
 
 @pytest.mark.parametrize("form", ["sum", "paper"])

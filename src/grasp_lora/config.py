@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import ADVANTAGES, COMMIT_MASKS, CONTROLLERS, IMPORTANCE_REFRESH, RATIO_RULES
+from .controller import ADVANTAGES, COMMIT_MASKS, CONTROLLERS, IMPORTANCE_REFRESH, PROBE_FROM, PROBE_LOSSES, RATIO_RULES
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
@@ -256,6 +256,16 @@ class ControllerOptions(Checked):
     lookahead_steps: int = opt(0, "each probe first trains this many optimizer steps under its mask (on the same "
                                    "training examples for every candidate and the committed ratio's reference), then "
                                    "measures the micro-dev loss; restored exactly after (0: instant masking, the paper)")
+    lookahead_batch: Optional[int] = opt(None, "training examples per look-ahead step (default: the run's batch size "
+                                               "x accumulation); with --probe-from start, a final run's batching "
+                                               "makes each probe the first steps of that run at the candidate ratio")
+    probe_from: str = opt("current", "where a probe starts: the run's current weights (anchored to the mask they "
+                                     "trained under) or its starting weights, re-pruned to each ratio (with look-ahead: "
+                                     "trained at the peak learning rate from fresh optimizer moments on that round's "
+                                     "examples; without, the same masking loss every round)", choices=PROBE_FROM)
+    probe_loss: str = opt("micro_dev", "what a look-ahead probe measures: the micro-dev loss after its steps, or the "
+                                       "online loss during them (each step's examples scored before that step trains "
+                                       "on them: no micro-dev pass)", choices=PROBE_LOSSES)
     converge_sigma: float = opt(0.0, "stop probing once a round leaves sigma at or below this: the learned ratio p* "
                                      "is committed and the rest of the run trains at it without probes (0: probe "
                                      "to the end)")
@@ -272,7 +282,11 @@ class ControllerOptions(Checked):
         for name in ("round_every", "group_size"):
             at_least(self, name, 1)
         at_least(self, "lookahead_steps", 0)
+        above(self, "lookahead_batch", 0)
         at_least(self, "converge_sigma", 0)
+        if self.probe_loss == "online" and not self.lookahead_steps:
+            raise OptionError({"probe_loss": "online", "lookahead_steps": 0},
+                              "the online loss is measured during look-ahead steps: set --lookahead-steps (e.g. 5)")
         for name, value in CONTROLLERS[self.controller][1].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # the settings are the command's config: any object with Cont
 ADVANTAGES = ("none", "std", "rank")  # r - mean(r) (the paper), also divided by std(r), or NES rank utilities
 COMMIT_MASKS = ("bounded", "candidate")  # the mask of the bounded committed p, or of the best candidate (the authors' code)
 IMPORTANCE_REFRESH = ("once", "every_round")
+PROBE_FROM = ("current", "start")  # a look-ahead probe trains from the run's weights, or from its starting weights
+PROBE_LOSSES = ("micro_dev", "online")  # a look-ahead probe's loss: micro-dev after its steps, or online during them
 
 
 def initial_sigma(s: ControllerOptions) -> float:
@@ -214,9 +216,9 @@ class CurveFit:
     noise: float  # residual standard deviation
 
 
-def curve_fit(trials: list, p_min: float, p_max: float, min_dof: int = 2) -> CurveFit | None:
+def curve_fit(trials: list, p_min: float, p_max: float, min_dof: int = 2, anchored: bool = True) -> CurveFit | None:
     """Least squares over every probe; None until the fit has `min_dof` residual degrees of freedom and 3 distinct
-    ratios."""
+    ratios. `anchored=False` (probes from the starting weights, which do not depend on p) leaves v out."""
     rounds = _round_points(trials)
     n_pts = sum(len(pts) for _, pts in rounds)
     if len({round(r, 9) for _, pts in rounds for r, _ in pts}) < 3 or n_pts - len(rounds) - 3 < min_dof:
@@ -224,10 +226,10 @@ def curve_fit(trials: list, p_min: float, p_max: float, min_dof: int = 2) -> Cur
     rows, ys = [], []
     for k, (p, pts) in enumerate(rounds):
         for r, loss in pts:
-            rows.append([float(k == j) for j in range(len(rounds))] + [r, r * r, abs(r - p)])
+            rows.append([float(k == j) for j in range(len(rounds))] + [r, r * r] + [abs(r - p)] * anchored)
             ys.append(loss)
     x, y = np.asarray(rows), np.asarray(ys)
-    if np.linalg.matrix_rank(x) < x.shape[1]:  # every probe on one side of its p: v is a's twin, leave it out
+    if anchored and np.linalg.matrix_rank(x) < x.shape[1]:  # every probe on one side of its p: v is a's twin
         x = x[:, :-1]
     if np.linalg.matrix_rank(x) < x.shape[1]:
         return None
@@ -261,7 +263,7 @@ def pooled(st: ControllerState, s: ControllerOptions) -> float | None:
 def fitted(st: ControllerState, s: ControllerOptions) -> float | None:
     """The minimum of the `fit` controller's curve (CurveFit: every probe, round offsets, the distance-from-p
     penalty factored out)."""
-    fit = curve_fit(st.trials, s.p_min, s.p_max)
+    fit = curve_fit(st.trials, s.p_min, s.p_max, anchored=s.probe_from == "current")
     return None if fit is None else fit.argmin
 
 
@@ -297,7 +299,7 @@ def nes_round(st: ControllerState, candidates: list[float], rewards: list[float]
 def fit_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
     """Model-based: mu is the minimum of the curve fitted to every probe so far (CurveFit), sigma its uncertainty
     (between MIN_SIGMA and the prior sigma). Call after `observe`."""
-    fit = curve_fit(st.trials, s.p_min, s.p_max)
+    fit = curve_fit(st.trials, s.p_min, s.p_max, anchored=s.probe_from == "current")
     if fit is None:
         mu_next, sigma_next = st.mu, st.sigma
     else:

@@ -35,6 +35,12 @@ class SearchHooks(PruneHooks):
         self.every = cfg.round_every
         self.probe_seconds = 0.0
         self._scores: dict[str, torch.Tensor] | None = None  # the controller's importance (refresh: once | every_round)
+        # probe_from start: the unpruned starting weights and their importance, which every probe begins from (a
+        # probe from the current weights is anchored to the mask they trained under: RESULTS.md)
+        self.start = None
+        if cfg.probe_from == "start":
+            self.start = ([p.detach().clone() for p in trainable(setup)], prune.current_masks(setup.model),
+                          prune.stashes(setup.model), self.scores())
 
     def round_scores(self) -> dict[str, torch.Tensor]:
         if self._scores is None or self.cfg.importance_refresh == "every_round":
@@ -42,44 +48,77 @@ class SearchHooks(PruneHooks):
         return self._scores
 
     def probe(self, ratios: list[float]) -> list[float]:
-        if self.cfg.lookahead_steps:
-            return [self.lookahead(self.prune_to_scores, r) for r in ratios]
+        if self.cfg.lookahead_steps or self.start is not None:
+            return [self.lookahead(self.probe_setup, r)[self.cfg.probe_loss] for r in ratios]
         return probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
 
     def trace(self, ratios: list[float]) -> dict:
-        """The micro-dev loss at fixed ratios, instant (`trace`) and, with look-ahead, after it (`trace_lookahead`)."""
-        instant = probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
-        out = {"trace": [list(x) for x in zip(ratios, instant)]}
-        if self.cfg.lookahead_steps:
-            out["trace_lookahead"] = [list(x) for x in zip(ratios, self.probe(ratios))]
+        """The micro-dev loss at fixed ratios, instant on this round's weights (`trace`; not with probe_from start,
+        whose probes never see them) and, with look-ahead, after it (`trace_lookahead`)."""
+        out = {}
+        if self.start is None:
+            instant = probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
+            out["trace"] = [list(x) for x in zip(ratios, instant)]
+        if self.cfg.lookahead_steps or self.start is not None:  # micro-dev after the steps, online during them
+            both = [self.lookahead(self.probe_setup, r, micro_dev=True) for r in ratios]
+            out["trace_lookahead"] = [[r, b["micro_dev"]] for r, b in zip(ratios, both)]
+            if self.cfg.lookahead_steps:
+                out["trace_online"] = [[r, b["online"]] for r, b in zip(ratios, both)]
         return out
 
     def base_loss(self) -> float:
-        if self.cfg.lookahead_steps:  # the reference trains the same steps under the committed mask
-            return self.lookahead(lambda _: None, self.controller.state.p)
+        if self.cfg.lookahead_steps or self.start is not None:  # the reference as the candidates, at the committed p
+            return self.lookahead((lambda _: None) if self.start is None else self.probe_setup,
+                                  self.controller.state.p)[self.cfg.probe_loss]
         return self.loss_fn()
 
-    def lookahead(self, apply: Callable[[float], object], ratio: float) -> float:
-        """The micro-dev loss after `lookahead_steps` optimizer steps under `ratio`'s mask, from this round's
-        weights, on training examples drawn by the round (the same for every candidate); then everything --
-        weights, optimizer moments, masks, stashes, the RNG of dropout -- is restored exactly."""
+    def probe_setup(self, ratio: float) -> None:
+        """Set up a look-ahead probe of `ratio`: from this round's weights (probe_from current), or from the
+        starting weights pruned by their own importance, fresh optimizer moments and the peak learning rate."""
+        if self.start is None:
+            self.prune_to_scores(ratio)
+            return
+        params, masks, stashes, scores = self.start
+        with torch.no_grad():
+            for p, v in zip(trainable(self.setup), params):
+                p.copy_(v)
+        prune.set_masks(self.setup.model, masks)
+        prune.set_stashes(self.setup.model, stashes)
+        self.optimizer.state.clear()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr
+        self.commit(prune.masks_for_ratio(scores, ratio, self.cfg.scope))
+
+    def lookahead(self, apply: Callable[[float], object], ratio: float, micro_dev: bool | None = None) -> dict:
+        """`lookahead_steps` optimizer steps under `ratio`'s mask (set up by `apply`), on training examples drawn by
+        the round (the same for every candidate); then everything -- weights, optimizer moments, masks, stashes,
+        the RNG of dropout -- is restored exactly. Returns the micro-dev loss after the steps (`micro_dev`; NaN when
+        not asked: it costs a pass over the micro-dev set) and the online loss (`online`; NaN without steps): the
+        mean loss of each step's examples before that step trains on them, a held-out measure that costs nothing
+        extra."""
+        if micro_dev is None:
+            micro_dev = self.cfg.probe_loss == "micro_dev"
         model, cfg, opt = self.setup.model, self.cfg, self.optimizer
         params = trainable(self.setup)
         saved = ([p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()), prune.current_masks(model),
                  prune.stashes(model), rng_state())
         train = self.setup.examples["train"]
         pick = np.random.default_rng([cfg.seed, self.controller.state.rounds])
-        per_step = cfg.batch_size * cfg.grad_accum
+        per_step = cfg.lookahead_batch or cfg.batch_size * cfg.grad_accum
+        online = 0.0
         try:
             apply(ratio)
             for _ in range(cfg.lookahead_steps):
                 chosen = [train[i] for i in pick.choice(len(train), min(per_step, len(train)), replace=False)]
                 for s in range(0, len(chosen), cfg.batch_size):
                     batch = collate(chosen[s:s + cfg.batch_size], self.setup.tok.pad_token_id, self.setup.device)
-                    (example_nll(model, batch).sum() / len(chosen)).backward()
+                    loss = example_nll(model, batch).sum() / len(chosen)
+                    loss.backward()
+                    online += loss.item() / cfg.lookahead_steps
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            return self.loss_fn()
+            return {"micro_dev": self.loss_fn() if micro_dev else math.nan,
+                    "online": online if cfg.lookahead_steps else math.nan}
         finally:
             with torch.no_grad():
                 for p, v in zip(params, saved[0]):
