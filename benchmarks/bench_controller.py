@@ -42,6 +42,7 @@ from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig,
 from grasp_lora.controller import CONTROLLERS, RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.files import read_jsonl, write_json
 from grasp_lora.pipeline import Experiment, search_batching
+from grasp_lora.prune import CRITERIA
 
 # What each case trains. Adapters: cases.ADAPTER_STEPS steps. Final/grid runs: lr 1e-3, batch 2 x accumulation 3,
 # a step cap covering a few epochs of the 50 target examples. The controller run sees the same examples with the
@@ -64,7 +65,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int], controller_seeds: list[int],
              variants: dict[str, dict], starts: list[float], data: str | None, adapters: list[str] | None,
-             report_only: bool, verify: bool = False, trace: tuple | None = None) -> dict:
+             report_only: bool, verify: bool = False, trace: tuple[list[float], dict] | None = None) -> dict:
     from grasp_lora.controller_run import search
 
     exp = Experiment(cfg, out)
@@ -109,12 +110,15 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
 
     run_grid(grid_seeds[:1])
     if trace:  # one reinforce run from 0.4 that also probes fixed ratios each round (replay_controller.py)
-        ratios, steps, probe_from, batch, criterion = trace
-        kind = "trace" + (f"-{probe_from}" if probe_from != "current" else "") + (f"-lookahead{steps}" if steps else "") \
-            + (f"-batch{batch}" if batch else "") + (f"-{criterion}" if criterion else "")
+        ratios, opts = trace
+        # the stage's name says how its probes differ from instant ones: trace[-start][-lookaheadN][-batchB][-criterion]
+        kind = "".join(["trace", "-start" * (opts.get("probe_from") == "start"),
+                        *(f"-{key}{opts[key]}" for key in ("lookahead", "batch") if opts.get(key)),
+                        f"-{opts['criterion']}" * bool(opts.get("criterion"))])
+        names = {"lookahead": "lookahead_steps", "batch": "lookahead_batch"}
         stage(f"{kind}/seed{controller_seeds[0]}", controller(controller_seeds[0], {
-            "controller": "reinforce", "trace_ratios": ratios, "lookahead_steps": steps, "probe_from": probe_from,
-            "lookahead_batch": batch, **({"criterion": criterion} if criterion else {})}))
+            "controller": "reinforce", "trace_ratios": ratios,
+            **{names.get(k, k): v for k, v in opts.items() if v is not None}}))
     for s in controller_seeds:  # every start and variant of one seed before the next seed: all columns fill early
         for v, opts in variants.items():
             for p0 in starts:
@@ -330,7 +334,7 @@ def main():
                     "such probes do not depend on what the run committed, so a replay on them is exact)")
     ap.add_argument("--trace-batch", type=int, metavar="B", help="with --trace-lookahead: training examples per "
                     "look-ahead step (6: the grid runs' batching)")
-    ap.add_argument("--trace-criterion", choices=["magnitude", "input_weighted", "sensitivity"],
+    ap.add_argument("--trace-criterion", choices=sorted(CRITERIA),
                     help="the trace run's pruning criterion (default: the controller's, magnitude)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option for every case")
     ap.add_argument("--verify-retrained", action="store_true",
@@ -357,8 +361,9 @@ def main():
         print(describe(name, cfg, args.grid_seeds, args.controller_seeds, args.starts), flush=True)
         results.append(run_case(name, cfg, Path(args.out) / name, args.grid_seeds, args.controller_seeds, variants,
                                 args.starts, args.data, args.adapters, args.report_only, args.verify_retrained,
-                                (args.trace_ratios, args.trace_lookahead, args.trace_from, args.trace_batch,
-                                 args.trace_criterion) if args.trace else None))
+                                (args.trace_ratios, {"lookahead": args.trace_lookahead, "probe_from": args.trace_from,
+                                                     "batch": args.trace_batch, "criterion": args.trace_criterion})
+                                if args.trace else None))
     leave_one_out(results)
     for r in results:
         print(f"case {r['case']}:\n{report(r)}", flush=True)

@@ -252,6 +252,11 @@ def curve_fit(trials: list, p_min: float, p_max: float, min_dof: int = 2, anchor
     return CurveFit(argmin, float(np.std(minima)), np.asarray([a, b, v]), math.sqrt(noise2))
 
 
+def run_fit(st: ControllerState, s: ControllerOptions) -> CurveFit | None:
+    """The `fit` controller's curve of a run (no anchoring term when its probes start from the starting weights)."""
+    return curve_fit(st.trials, s.p_min, s.p_max, anchored=s.probe_from == "current")
+
+
 @ratio_rule("pooled")
 def pooled(st: ControllerState, s: ControllerOptions) -> float | None:
     """The minimum of one loss-vs-ratio curve fitted to every probe of the run (rewards pooled over rounds)."""
@@ -263,7 +268,7 @@ def pooled(st: ControllerState, s: ControllerOptions) -> float | None:
 def fitted(st: ControllerState, s: ControllerOptions) -> float | None:
     """The minimum of the `fit` controller's curve (CurveFit: every probe, round offsets, the distance-from-p
     penalty factored out)."""
-    fit = curve_fit(st.trials, s.p_min, s.p_max, anchored=s.probe_from == "current")
+    fit = run_fit(st, s)
     return None if fit is None else fit.argmin
 
 
@@ -299,7 +304,7 @@ def nes_round(st: ControllerState, candidates: list[float], rewards: list[float]
 def fit_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
     """Model-based: mu is the minimum of the curve fitted to every probe so far (CurveFit), sigma its uncertainty
     (between MIN_SIGMA and the prior sigma). Call after `observe`."""
-    fit = curve_fit(st.trials, s.p_min, s.p_max, anchored=s.probe_from == "current")
+    fit = run_fit(st, s)
     if fit is None:
         mu_next, sigma_next = st.mu, st.sigma
     else:

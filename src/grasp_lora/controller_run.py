@@ -41,6 +41,8 @@ class SearchHooks(PruneHooks):
         if cfg.probe_from == "start":
             self.start = ([p.detach().clone() for p in trainable(setup)], prune.current_masks(setup.model),
                           prune.stashes(setup.model), self.scores())
+        # a probe that trains first or starts elsewhere goes through `lookahead` (set up, train, measure, restore)
+        self.set_up_probes = bool(cfg.lookahead_steps) or self.start is not None
 
     def round_scores(self) -> dict[str, torch.Tensor]:
         if self._scores is None or self.cfg.importance_refresh == "every_round":
@@ -48,7 +50,7 @@ class SearchHooks(PruneHooks):
         return self._scores
 
     def probe(self, ratios: list[float]) -> list[float]:
-        if self.cfg.lookahead_steps or self.start is not None:
+        if self.set_up_probes:
             return [self.lookahead(self.probe_setup, r)[self.cfg.probe_loss] for r in ratios]
         return probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
 
@@ -59,7 +61,7 @@ class SearchHooks(PruneHooks):
         if self.start is None:
             instant = probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
             out["trace"] = [list(x) for x in zip(ratios, instant)]
-        if self.cfg.lookahead_steps or self.start is not None:  # micro-dev after the steps, online during them
+        if self.set_up_probes:  # micro-dev after the steps, online during them
             both = [self.lookahead(self.probe_setup, r, micro_dev=True) for r in ratios]
             out["trace_lookahead"] = [[r, b["micro_dev"]] for r, b in zip(ratios, both)]
             if self.cfg.lookahead_steps:
@@ -67,7 +69,7 @@ class SearchHooks(PruneHooks):
         return out
 
     def base_loss(self) -> float:
-        if self.cfg.lookahead_steps or self.start is not None:  # the reference as the candidates, at the committed p
+        if self.set_up_probes:  # the reference as the candidates, at the committed p
             return self.lookahead((lambda _: None) if self.start is None else self.probe_setup,
                                   self.controller.state.p)[self.cfg.probe_loss]
         return self.loss_fn()
