@@ -65,7 +65,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int], controller_seeds: list[int],
              variants: dict[str, dict], starts: list[float], data: str | None, adapters: list[str] | None,
-             report_only: bool, verify: bool = False, trace: tuple[list[float], dict] | None = None) -> dict:
+             report_only: bool, verify: bool = False, trace: tuple[list[float], dict] | None = None,
+             grid_ratios: list[float] | None = None) -> dict:
     from grasp_lora.controller_run import search
 
     exp = Experiment(cfg, out)
@@ -101,9 +102,12 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
     grid: dict[float, dict[int, float]] = {p: {} for p in GRID}
     searches: dict[str, dict[float, dict[int, dict]]] = {v: {p0: {} for p0 in starts} for v in variants}
 
+    # the ends and the middle first: the curve's shape early
+    order = grid_ratios or GRID[::7] + GRID[4:5] + GRID[1:4] + GRID[5:7]
+
     def run_grid(seeds):
         for s in seeds:
-            for p in GRID[::7] + GRID[4:5] + GRID[1:4] + GRID[5:7]:  # the ends and the middle first: the shape early
+            for p in order:
                 info = stage(f"grid/p{p}/seed{s}", grid_point(p, s))
                 if info:
                     grid[p][s] = info["val_loss"]
@@ -151,6 +155,23 @@ def discriminating_power(grid: dict[float, dict[int, float]]) -> float | None:
     return float((max(curve) - min(curve)) / np.mean([np.std(list(v.values()), ddof=1) for v in grid.values()]))
 
 
+def one_seed_grid(complete: dict[float, dict[int, float]]) -> dict | None:
+    """The 8-point grid itself with one seed, the yardstick of any rule that reads one training run: each seed's pick
+    scored on the mean curve of all seeds (in sample: its own seed counts) and on the mean curve of the other seeds
+    (out of sample, normalised by that curve's span). None with one seed."""
+    seeds = sorted(next(iter(complete.values())))
+    if len(seeds) < 2:
+        return None
+
+    def norm(p: float, use: list[int]) -> float:
+        curve = {q: np.mean([complete[q][s] for s in use]) for q in complete}
+        return float((curve[p] - min(curve.values())) / (max(curve.values()) - min(curve.values())))
+
+    picks = {s: min(complete, key=lambda p: complete[p][s]) for s in seeds}
+    return {"picks": picks, "regret_in_sample": float(np.mean([norm(p, seeds) for p in picks.values()])),
+            "regret": float(np.mean([norm(p, [o for o in seeds if o != s]) for s, p in picks.items()]))}
+
+
 def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
     # only the seeds run at every ratio: a seed still part-way would tilt the mean curve where it has run
     seeds = set.intersection(*(set(v) for v in grid.values()))
@@ -166,6 +187,7 @@ def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
               "grid_best": best_p, "best_inside": GRID[0] < best_p < GRID[-1],
               "random_regret": (float(np.mean(list(curve.values()))) - lo) / (hi - lo),
               "power": discriminating_power(complete), "grid_seeds": min(len(v) for v in complete.values()),
+              "one_seed_grid": one_seed_grid(complete),
               "variants": {}}
     for v, by_start in searches.items():
         result["variants"][v] = {}
@@ -273,6 +295,11 @@ def report(r: dict) -> str:
                 lines.append(f" {mark}{v + '/' + rule:<26}{p0:>6}  {ps:<26}{x['regret']:>7.3f}"
                              f"{info['start_regret']:>11.3f}{cost:>14}")
     lines.append(f"  {'random p (uniform)':<60}{r['random_regret']:>7.3f}")
+    if r.get("one_seed_grid"):
+        g = r["one_seed_grid"]
+        picks = " ".join(str(p) for p in g["picks"].values())
+        lines.append(f"  {'grid of one seed (picks ' + picks + '), on the others':<60}{g['regret']:>7.3f}"
+                     f"   (in sample {g['regret_in_sample']:.3f})")
     if "loo_constant" in r:
         lines.append(f"  {'best constant on the other cases (p = ' + str(r['loo_constant']['p']) + ')':<60}"
                      f"{r['loo_constant']['regret']:>7.3f}")
@@ -305,6 +332,10 @@ def overall(results: list[dict]) -> str:
     loo = [r["loo_constant"]["regret"] for r in done if "loo_constant" in r]
     if loo:
         lines.append(f"  leave-one-out constant {np.mean(loo):.3f}")
+    grids = [r["one_seed_grid"] for r in done if r.get("one_seed_grid")]
+    if grids:
+        lines.append(f"  the grid itself, one seed: {np.mean([g['regret'] for g in grids]):.3f} on the other seeds, "
+                     f"{np.mean([g['regret_in_sample'] for g in grids]):.3f} in sample ({len(grids)} cases)")
     return "\n".join(lines)
 
 
@@ -317,6 +348,9 @@ def main():
     ap.add_argument("--adapters", nargs=2, metavar=("SRC", "TGT"), help="trained source and target PEFT adapters")
     ap.add_argument("--lang", default="ar", help="with --data: the target language")
     ap.add_argument("--grid-seeds", type=int, nargs="+", default=[42, 1337, 9001])
+    ap.add_argument("--grid-ratios", type=float, nargs="+", choices=GRID, metavar="P",
+                    help="run only these grid ratios, in this order (default: all eight, the ends and the middle "
+                         "first): two processes given disjoint ratios share one grid seed without running a stage twice")
     ap.add_argument("--controller-seeds", type=int, nargs="+", default=[42, 1337, 9001])
     ap.add_argument("--controllers", nargs="*", default=["reinforce", "fit"], choices=sorted(CONTROLLERS),
                     help="controllers to run (each a set of controller runs under its name)")
@@ -363,7 +397,7 @@ def main():
                                 args.starts, args.data, args.adapters, args.report_only, args.verify_retrained,
                                 (args.trace_ratios, {"lookahead": args.trace_lookahead, "probe_from": args.trace_from,
                                                      "batch": args.trace_batch, "criterion": args.trace_criterion})
-                                if args.trace else None))
+                                if args.trace else None, args.grid_ratios))
     leave_one_out(results)
     for r in results:
         print(f"case {r['case']}:\n{report(r)}", flush=True)

@@ -115,10 +115,17 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
     assert a["grid_best"] == 0.2 and b["grid_best"] == 0.7
     assert a["variants"]["fit"]["0.4"]["start_regret"] == pytest.approx(0.2 ** 2 / span)
     assert a["variants"]["fit"]["0.4"]["rules"]["fit"]["regret"] == pytest.approx(0.0, abs=1e-3)  # found it
+    assert a["one_seed_grid"] == {"picks": {42: 0.2, 1337: 0.2}, "regret_in_sample": 0.0, "regret": 0.0}
+    # seeds that disagree: each one's pick scored on the other's curve (0.16 / 0.25 and 0.16 / 0.36), and on their mean
+    split = bc.one_seed_grid({p: {1: (p - 0.2) ** 2, 2: (p - 0.6) ** 2} for p in grid})
+    assert split["picks"] == {1: 0.2, 2: 0.6}
+    assert split["regret"] == pytest.approx((0.16 / 0.25 + 0.16 / 0.36) / 2)
+    assert split["regret_in_sample"] == pytest.approx(0.25)
     bc.leave_one_out(results)
     assert a["loo_constant"]["p"] == 0.7 and a["loo_constant"]["regret"] == pytest.approx(0.5 ** 2 / span)
     text = bc.report(a) + bc.overall(results)
     assert "discriminating power" in text and "best constant on the other cases (p = 0.7)" in text
+    assert "grid of one seed (picks 0.2 0.2), on the others" in text
     assert (tmp_path / "a" / "controller_vs_grid.png").stat().st_size > 0
 
     # a trace: the loss at every grid ratio each round -- the replay scores any controller on it
