@@ -155,6 +155,12 @@ def discriminating_power(grid: dict[float, dict[int, float]]) -> float | None:
     return float((max(curve) - min(curve)) / np.mean([np.std(list(v.values()), ddof=1) for v in grid.values()]))
 
 
+def regret_on(curve: dict[float, float], p: float) -> float:
+    """p's normalised regret on a val-loss curve, (curve(p) - min) / (max - min), linear between its ratios."""
+    lo, hi = min(curve.values()), max(curve.values())
+    return float((interpolate(curve, p) - lo) / (hi - lo))
+
+
 def one_seed_grid(complete: dict[float, dict[int, float]]) -> dict | None:
     """The 8-point grid itself with one seed, the yardstick of any rule that reads one training run: each seed's pick
     scored on the mean curve of all seeds (in sample: its own seed counts) and on the mean curve of the other seeds
@@ -164,8 +170,7 @@ def one_seed_grid(complete: dict[float, dict[int, float]]) -> dict | None:
         return None
 
     def norm(p: float, use: list[int]) -> float:
-        curve = {q: np.mean([complete[q][s] for s in use]) for q in complete}
-        return float((curve[p] - min(curve.values())) / (max(curve.values()) - min(curve.values())))
+        return regret_on({q: float(np.mean([complete[q][s] for s in use])) for q in complete}, p)
 
     picks = {s: min(complete, key=lambda p: complete[p][s]) for s in seeds}
     return {"picks": picks, "regret_in_sample": float(np.mean([norm(p, seeds) for p in picks.values()])),
@@ -181,7 +186,7 @@ def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
         return {"case": name, "status": f"grid incomplete ({done}/{len(GRID)} points in some seed, none in all)"}
     curve = {p: float(np.mean(list(v.values()))) for p, v in complete.items()}
     lo, hi = min(curve.values()), max(curve.values())
-    regret = lambda p: (interpolate(curve, p) - lo) / (hi - lo)
+    regret = lambda p: regret_on(curve, p)
     best_p = min(curve, key=curve.get)
     result = {"case": name, "grid": {str(p): complete[p] for p in GRID}, "curve": {str(p): curve[p] for p in GRID},
               "grid_best": best_p, "best_inside": GRID[0] < best_p < GRID[-1],
@@ -224,8 +229,7 @@ def leave_one_out(results: list[dict]) -> None:
         others = [o for o in done if o is not r]
         if not others:
             continue
-        norm = lambda o, p: (o["curve"][str(p)] - min(o["curve"].values())) / (max(o["curve"].values()) -
-                                                                                 min(o["curve"].values()))
+        norm = lambda o, p: regret_on({float(q): v for q, v in o["curve"].items()}, p)
         pick = min(GRID, key=lambda p: np.mean([norm(o, p) for o in others]))
         r["loo_constant"] = {"p": pick, "regret": norm(r, pick), "from": [o["case"] for o in others]}
 
