@@ -10,8 +10,14 @@ For each case it also prints what the traces say by themselves: per round, the r
 micro-dev loss at the grid ratios and the grid's val loss (Spearman; 1 = the round's probes order the ratios as the
 grid does), and the ratio each round's probes favour.
 
+`--taylor`: instead, for every controller stage run with `--probe taylor`, how well its estimates predict the loss
+changes its forward probes measured in the same rounds (all of them with `calibrate_every=1`): the correlation of
+each term with the measurement, candidates that prune more and ones that revive apart, and, round by round, a
+calibration fitted on the earlier rounds scored on this one (its share of the measured sum of squares explained, and
+whether it picks the round's best candidate).
+
     python benchmarks/replay_controller.py [--out runs/bench-controller] [--case mlqa-ar ...]
-        [--controllers reinforce nes fit] [--starts 0.2 0.4 0.6] [--seeds 42 1337 9001]
+        [--controllers reinforce nes fit] [--starts 0.2 0.4 0.6] [--seeds 42 1337 9001] [--taylor]
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 
 from cases import interpolate
 from grasp_lora.config import ControllerOptions, build
-from grasp_lora.controller import CONTROLLERS, offline
+from grasp_lora.controller import CONTROLLERS, calibrate, offline
 from grasp_lora.files import read_jsonl
 
 
@@ -54,9 +60,19 @@ def main():
                     "K gets its steps / K)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a controller option for every replayed controller (e.g. group_size=4)")
+    ap.add_argument("--taylor", action="store_true", help="score the estimates of --probe taylor stages against their "
+                    "measured probes")
     args = ap.parse_args()
     for name in args.case:
         case = Path(args.out) / name
+        if args.taylor:
+            for path in sorted(case.glob("search/*/p*/seed*/history.jsonl")) + sorted(
+                    case.glob("search/*/p*/seed*/.*/history.jsonl")):
+                history = [r for r in read_jsonl(path) if r.get("measured")]
+                if history:
+                    print(f"case {name}: {path.relative_to(case)}, {len(history)} measured rounds")
+                    taylor_report(history)
+            continue
         curve = grid_curve(case)
         # finished trace stages, else ones still running (their staging folder)
         traces = sorted(case.glob("trace*/seed*/history.jsonl")) or sorted(case.glob("trace*/seed*/.*/history.jsonl"))
@@ -103,6 +119,34 @@ def analyse(rounds: list[list], committed: list[float], curve: dict[float, float
                                 source="replay"), loss_at, len(rounds)).result()["prune_ratio"] for s in args.seeds]
             print(f"    {c:<12}{p0:>6}  {' '.join(f'{p:.3f}' for p in ps):<24}"
                   f"{np.mean([regret(p) for p in ps]):>8.3f}{regret(p0):>12.3f}")
+
+
+def taylor_report(history: list[dict]) -> None:
+    pairs = [(c > r["p"], *e, loss - r["base_loss"]) for r in history
+             for c, e, loss in zip(r["candidates"], r["estimates"], r["losses"])]
+    for more, label in ((True, "prune more"), (False, "revive")):
+        sel = np.asarray([x[1:] for x in pairs if x[0] == more])
+        if len(sel) >= 3:
+            corr = [float(np.corrcoef(sel[:, j], sel[:, 2])[0, 1]) for j in (0, 1)]
+            print(f"    {label:<11} {len(sel):>3} candidates: Pearson with the measured change: first-order "
+                  f"{corr[0]:+.2f}, second-order {corr[1]:+.2f}")
+    explained, same = [], []
+    for k in range(1, len(history)):
+        cal = calibrate([[*e, loss - r["base_loss"]] for r in history[:k]
+                         for e, loss in zip(r["estimates"], r["losses"])])
+        if cal is None:
+            continue
+        r = history[k]
+        measured = np.asarray(r["losses"]) - r["base_loss"]
+        predicted = np.asarray([cal(e) for e in r["estimates"]])
+        explained.append(1 - float(np.sum((measured - predicted) ** 2)) / float(np.sum(measured ** 2)))
+        same.append(int(np.argmin(predicted) == np.argmin(measured)))
+    if explained:
+        print(f"    calibrated on the earlier rounds, on each next one ({len(explained)} rounds): share explained "
+              f"median {np.median(explained):+.2f} (min {min(explained):+.2f}), the round's best candidate picked "
+              f"{sum(same)}/{len(same)} (by chance {1 / len(history[0]['candidates']):.2f})")
+    else:
+        print("    no calibration fits any prefix of the rounds (it never explains half the measured changes)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The method's core (merge, prune, controller) imports only the standard library, torch, numpy and each other."""
+"""The method's core (merge, prune, taylor, controller) imports only the standard library, torch, numpy and each other."""
 
 import ast
 import sys
@@ -9,7 +9,7 @@ import pytest
 import grasp_lora
 
 PACKAGE = Path(grasp_lora.__file__).parent
-CORE = ("merge", "prune", "controller")
+CORE = ("merge", "prune", "taylor", "controller")
 
 
 def runtime_imports(path: Path) -> set[str]:

@@ -161,3 +161,23 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
                                "starting weights: an exact replay)")[1]
     fit_row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["fit"])
     assert float(fit_row[2]) == pytest.approx(0.7, abs=0.01)
+
+
+def test_bench_taylor_puts_estimates_beside_probes(tiny_model, tiny_adapters, demo_data, tmp_path):
+    """bench_taylor on a case folder laid out as bench_controller's (the tiny model, the demo case's Arabic): every
+    grid ratio's measured changes beside both terms of the estimate, and the two costs side by side."""
+    case = tmp_path / "demo"
+    for name, src in (("adapters/source", tiny_adapters["en"]), ("adapters/target", tiny_adapters["ar"]),
+                      ("data/target", demo_data["ar"])):
+        shutil.copytree(src, case / name)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_taylor.py"), "--case-dir", str(case), "--model",
+                           str(tiny_model), "--examples", "4"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    rows = [line.split() for line in lines if line.split() and line.split()[0] in
+            ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8")]
+    assert len(rows) == 8 and all(len(r) == 5 for r in rows)
+    at_p = rows[3]  # the committed ratio itself: no change, measured or estimated
+    assert [float(x) for x in at_p[1:]] == [0.0, 0.0, 0.0, 0.0]
+    assert any(float(r[3]) != 0.0 for r in rows) and "costs" in lines[-1]

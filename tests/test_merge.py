@@ -132,9 +132,11 @@ class _DenseWatch(torch.utils._python_dispatch.TorchDispatchMode):
 def test_no_dense_state_at_llama3_8b_width(criterion):
     """At Llama-3-8B's width (4096 x 4096), no tensor of d_out x d_in entries exists but the frozen base weight:
     not in the forward, the backward, the importance scores, the masks and stashes, an optimizer step, a commit,
-    nor in any state a checkpoint saves (the `sum` form; the `paper` form's (sum B)(sum A) is its documented cost)."""
+    nor in any state a checkpoint saves, the gradient moments of `--probe taylor` and their estimate included (the
+    `sum` form; the `paper` form's (sum B)(sum A) is its documented cost)."""
     from grasp_lora import prune
     from grasp_lora.merge import MergedLoraLinear
+    from grasp_lora.taylor import GradientMoments
 
     d, rank, vocab = 4096, 8, 16
     torch.manual_seed(0)
@@ -156,17 +158,21 @@ def test_no_dense_state_at_llama3_8b_width(criterion):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
     crit = prune.CRITERIA[criterion](model, lambda: [batch])
+    moments = GradientMoments(model, per_step=2)
     watch = _DenseWatch(d * d, [model.proj.base.weight, model.embed.weight])
     with watch:
         for ratio in (0.3, 0.6):
             model(**batch).pow(2).mean().backward()
+            moments.add_step()
             crit.after_backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             scores = crit.scores()
+            moments.estimate(prune.masks_for_ratio(scores, 0.5))
             prune.commit_masks(model, prune.masks_for_ratio(scores, ratio), "keep", opt)
     assert watch.seen == [], watch.seen  # nothing d_out x d_in was ever made
     state = [scores, prune.current_masks(model), prune.stashes(model), crit.state_dict(), opt.state_dict()["state"],
+             moments.state_dict(),
              dict(model.named_buffers()), {n: p for n, p in model.named_parameters() if p is not model.proj.base.weight}]
 
     def tensors(obj):

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import ADVANTAGES, COMMIT_MASKS, CONTROLLERS, IMPORTANCE_REFRESH, PROBE_FROM, PROBE_LOSSES, RATIO_RULES
+from .controller import (ADVANTAGES, COMMIT_MASKS, CONTROLLERS, IMPORTANCE_REFRESH, PROBE_FROM, PROBE_LOSSES, PROBES,
+                         RATIO_RULES)
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
@@ -253,6 +254,13 @@ class ControllerOptions(Checked):
                                           "(the fit controller's curve)", choices=RATIO_RULES)
     advantage: Optional[str] = opt(None, "advantages r - mean(r) (none, the paper), also divided by std(r), or rank "
                                          "utilities (nes)", choices=ADVANTAGES)
+    probe: str = opt("forward", "how a round scores its candidates: forward (a micro-dev pass under each one's mask, the "
+                                "paper) or taylor (the loss change estimated from the training gradients of the steps "
+                                "since the last round, second order with their empirical Fisher: no forward; rounds "
+                                "probe by forward as well until the estimates are calibrated to the measured changes, "
+                                "and every --calibrate-every rounds)", choices=PROBES)
+    calibrate_every: int = opt(0, "with --probe taylor: also probe by forward every this many rounds, refitting the "
+                                  "estimates' scale (0: only until the first calibration that fits)")
     lookahead_steps: int = opt(0, "each probe first trains this many optimizer steps under its mask (on the same "
                                    "training examples for every candidate and the committed ratio's reference), then "
                                    "measures the micro-dev loss; restored exactly after (0: instant masking, the paper)")
@@ -284,6 +292,11 @@ class ControllerOptions(Checked):
         at_least(self, "lookahead_steps", 0)
         above(self, "lookahead_batch", 0)
         at_least(self, "converge_sigma", 0)
+        at_least(self, "calibrate_every", 0)
+        if self.probe == "taylor" and (self.lookahead_steps or self.probe_from != "current"):
+            raise OptionError({"probe": "taylor", "lookahead_steps": self.lookahead_steps, "probe_from": self.probe_from},
+                              "a taylor estimate is of the current weights, instantly: leave <lookahead_steps> at 0 "
+                              "and <probe_from> at current")
         if self.probe_loss == "online" and not self.lookahead_steps:
             raise OptionError({"probe_loss": "online", "lookahead_steps": 0},
                               "the online loss is measured during look-ahead steps: set --lookahead-steps (e.g. 5)")

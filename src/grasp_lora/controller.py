@@ -29,6 +29,7 @@ COMMIT_MASKS = ("bounded", "candidate")  # the mask of the bounded committed p, 
 IMPORTANCE_REFRESH = ("once", "every_round")
 PROBE_FROM = ("current", "start")  # a look-ahead probe trains from the run's weights, or from its starting weights
 PROBE_LOSSES = ("micro_dev", "online")  # a look-ahead probe's loss: micro-dev after its steps, or online during them
+PROBES = ("forward", "taylor")  # a candidate's loss change: measured by a micro-dev pass, or estimated (taylor.py)
 
 
 def initial_sigma(s: ControllerOptions) -> float:
@@ -119,6 +120,8 @@ class ControllerState:
     converged_at: int | None = None  # the step after which it stopped probing (converge_sigma)
     # every probe so far, one [p, base_loss, candidates, losses] per round (what pooled rules read)
     trials: list = field(default_factory=list)
+    # probe taylor: [first, second, measured] of every candidate probed both ways (calibrate)
+    calibration: list = field(default_factory=list)
 
     def observe(self, base_loss: float, candidates: list[float], losses: list, rewards: list) -> None:
         """Record one round's probes (at the current p): the best single trial so far, and every probe.
@@ -142,6 +145,52 @@ class ControllerState:
         st.min_sigma = min(min(r["sigma"], r["sigma_next"]) for r in history)
         st.converged_at = last["step"] if last.get("converged") else None
         return st
+
+
+REACH = 1.5  # estimates are trusted up to this many times the largest calibrated one
+MIN_FIT = 0.5  # the share of the measured changes' sum of squares a calibration must explain to be used
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured loss change ~= a * first + b * second for an estimate's first- and second-order terms (taylor.py),
+    trusted for terms up to `reach` (each); `fit`: 1 - residual / measured sum of squares."""
+    a: float
+    b: float
+    reach: tuple[float, float]
+    fit: float
+
+    def __call__(self, terms: list[float]) -> float:
+        return self.a * terms[0] + self.b * terms[1]
+
+    def covers(self, terms: list[float]) -> bool:
+        return all(abs(t) <= r for t, r in zip(terms, self.reach))
+
+
+def calibrate(pairs: list) -> Calibration | None:
+    """Least squares with a, b >= 0 (a first-order term that points the wrong way, or a negative curvature, is noise,
+    not a scale) over every [first, second, measured] triple of the candidates probed both ways; None with fewer than
+    3, or when the fit explains less than MIN_FIT of the measured changes' sum of squares (the rounds then keep probing
+    by forward)."""
+    if len(pairs) < 3:
+        return None
+    data = np.asarray(pairs, dtype=np.float64)
+    x, m = data[:, :2], data[:, 2]
+    if not np.any(m):
+        return None
+    best = None
+    for cols in ([0, 1], [0], [1]):  # a two-variable NNLS: the feasible least-squares fit on each set of columns
+        if not np.any(x[:, cols]):
+            continue
+        coef = np.zeros(2)
+        coef[cols] = np.linalg.lstsq(x[:, cols], m, rcond=None)[0]
+        sse = float(np.sum((m - x @ coef) ** 2))
+        if np.all(coef >= 0) and (best is None or sse < best[1]):
+            best = coef, sse
+    if best is None or 1.0 - best[1] / float(np.sum(m ** 2)) < MIN_FIT:
+        return None
+    reach = tuple(REACH * float(v) for v in np.max(np.abs(x), axis=0))
+    return Calibration(float(best[0][0]), float(best[0][1]), reach, 1.0 - best[1] / float(np.sum(m ** 2)))
 
 
 # ------------------------------------------------------------------ ratio rules: the learned ratio p*
@@ -346,12 +395,16 @@ def from_prior(p_star: float, st: ControllerState, s: ControllerOptions) -> bool
     return abs(p_star - s.p_init) <= 0.05 and min(st.min_sigma, st.sigma) >= initial_sigma(s) - 1e-12
 
 
-def offline(settings: ControllerOptions, loss_at: Callable[[int, float, float], float], rounds: int) -> "Controller":
+def offline(settings: ControllerOptions, loss_at: Callable[[int, float, float], float], rounds: int,
+            estimate_at: Callable[[int, float, float], float] | None = None) -> "Controller":
     """The controller run on a loss surface instead of a model: `loss_at(round, committed p, ratio)` is the micro-dev
-    loss a probe would measure (a synthetic curve in tests, a recorded trace in benchmarks/replay_controller.py)."""
+    loss a probe would measure (a synthetic curve in tests, a recorded trace in benchmarks/replay_controller.py);
+    `estimate_at` the same for the loss change a `taylor` probe would estimate."""
     k, p = [0], [settings.p_init]
+    estimate = None if estimate_at is None else (lambda ratios: [estimate_at(k[0], p[0], r) for r in ratios])
     ctrl = Controller(settings, lambda ratios: [loss_at(k[0], p[0], r) for r in ratios],
-                      lambda ratio: p.__setitem__(0, ratio), lambda: loss_at(k[0], p[0], p[0]))
+                      lambda ratio: p.__setitem__(0, ratio), lambda: loss_at(k[0], p[0], p[0]),
+                      estimate_fn=estimate)
     for k[0] in range(rounds):
         record = ctrl.round(k[0])
         if record is None:
@@ -361,16 +414,19 @@ def offline(settings: ControllerOptions, loss_at: Callable[[int, float, float], 
 
 
 class Controller:
-    """Runs rounds: `probe(ratios)` gives the micro-dev loss under each ratio's trial mask (the first entry is
-    the committed ratio's, the base loss), `commit(ratio)` applies a ratio's mask for training. The model is
-    reached only through these two, so the same controller runs on a model, a recorded trace or a synthetic
-    curve."""
+    """Runs rounds: `probe(ratios)` gives the micro-dev loss under each ratio's trial mask, `base()` the committed
+    ratio's, `commit(ratio)` applies a ratio's mask for training, and with probe `taylor`, `estimate(ratios)` the
+    estimated loss change of each ratio's mask against the committed one. The model is reached only through these,
+    so the same controller runs on a model, a recorded trace or a synthetic curve."""
 
     def __init__(self, settings: ControllerOptions, probe_fn: Callable[[list[float]], list[float]],
                  commit_fn: Callable[[float], object], base_fn: Callable[[], float],
-                 trace_fn: Callable[[list[float]], dict] | None = None):
+                 trace_fn: Callable[[list[float]], dict] | None = None,
+                 estimate_fn: Callable[[list[float]], list[float]] | None = None):
         self.s = settings
-        self.probe_fn, self.commit_fn, self.base_fn = probe_fn, commit_fn, base_fn
+        if settings.probe == "taylor" and estimate_fn is None:
+            raise ValueError("probe taylor needs an estimate_fn")
+        self.probe_fn, self.commit_fn, self.base_fn, self.estimate_fn = probe_fn, commit_fn, base_fn, estimate_fn
         # what a round records for `trace_ratios` (default: {"trace": [[ratio, probe loss], ...]})
         self.trace_fn = trace_fn or (lambda ratios: {"trace": [list(x) for x in zip(ratios, probe_fn(ratios))]})
         self.update = CONTROLLERS[settings.controller][0]
@@ -385,12 +441,26 @@ class Controller:
         st, s = self.state, self.s
         if st.converged_at is not None:
             return None
-        base_loss = self.base_fn()
+        taylor = s.probe == "taylor"
+        cal = calibrate(st.calibration) if taylor else None
         candidates = sample_candidates(self.rng, st.mu, st.sigma, s.group_size, s.p_min, s.p_max)
-        losses = self.probe_fn(candidates)
+        estimates = self.estimate_fn(candidates) if taylor else None
+        # measure: always by forward; by taylor until calibrated, every calibrate_every rounds, and where an estimate
+        # lies beyond the calibrated reach (it is refitted on them)
+        measured = cal is None or bool(s.calibrate_every and st.rounds % s.calibrate_every == 0) \
+            or not all(cal.covers(e) for e in estimates)
+        base_loss = self.base_fn() if measured else 0.0  # estimated rounds: changes against the committed mask
+        if measured:
+            losses = self.probe_fn(candidates)
+            if taylor:
+                st.calibration += [[*e, l - base_loss] for e, l in zip(estimates, losses) if math.isfinite(l)]
+        else:
+            losses = [cal(e) for e in estimates]
         rewards = [base_loss - l if math.isfinite(l) else float("nan") for l in losses]
         record = {"step": step, "p": st.p, "mu": st.mu, "sigma": st.sigma, "candidates": candidates,
                   "base_loss": base_loss, "losses": losses, "rewards": rewards}
+        if taylor:
+            record.update(estimates=estimates, measured=measured, calibration=None if cal is None else asdict(cal))
         trace_seconds = 0.0
         if s.trace_ratios:  # diagnosis: the loss at fixed ratios on this round's weights, unseen by the policy
             t0 = time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,7 @@ from .controller import Controller, ControllerState, probe
 from .files import append_jsonl, atomic_path, truncate_jsonl, write_json
 from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
 from .model_card import write_model_card
+from .taylor import GradientMoments
 from .tracking import Tracker
 from .data.batching import collate
 from .train import LossProbe, check_log_length, example_nll, rng_state, set_rng_state, train
@@ -30,7 +32,10 @@ class SearchHooks(PruneHooks):
         self.tracker = tracker
         micro_dev = LossProbe(setup.examples["micro_dev"], setup.tok.pad_token_id, setup.device, cfg.eval_batch_size)
         self.loss_fn: Callable[[], float] = lambda: micro_dev(setup.model)
-        self.controller = Controller(cfg, self.probe, self.prune_to_scores, self.base_loss, self.trace)
+        # probe taylor: the gradients of every entry over each round's steps, read before each optimizer step
+        self.moments = GradientMoments(setup.model, cfg.batch_size * cfg.grad_accum) if cfg.probe == "taylor" else None
+        self.controller = Controller(cfg, self.probe, self.prune_to_scores, self.base_loss, self.trace,
+                                     self.estimate if self.moments else None)
         self.history = work / "history.jsonl"
         self.every = cfg.round_every
         self.probe_seconds = 0.0
@@ -54,13 +59,26 @@ class SearchHooks(PruneHooks):
             return [self.lookahead(self.probe_setup, r)[self.cfg.probe_loss] for r in ratios]
         return probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
 
+    def estimate(self, ratios: list[float]) -> list[float]:
+        return [self.moments.estimate(prune.masks_for_ratio(self.round_scores(), r, self.cfg.scope)) for r in ratios]
+
+    def before_step(self, step):
+        if self.moments is not None:  # its time is the method's: counted with the probes'
+            start = time.time()
+            self.moments.add_step()
+            self.probe_seconds += time.time() - start
+        super().before_step(step)
+
     def trace(self, ratios: list[float]) -> dict:
         """The micro-dev loss at fixed ratios, instant on this round's weights (`trace`; not with probe_from start,
-        whose probes never see them) and, with look-ahead, after it (`trace_lookahead`)."""
+        whose probes never see them), with look-ahead after it (`trace_lookahead`), and with probe taylor the
+        estimated change against the committed mask (`trace_estimate`)."""
         out = {}
         if self.start is None:
             instant = probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
             out["trace"] = [list(x) for x in zip(ratios, instant)]
+        if self.moments is not None:
+            out["trace_estimate"] = [list(x) for x in zip(ratios, self.estimate(ratios))]
         if self.set_up_probes:  # micro-dev after the steps, online during them
             both = [self.lookahead(self.probe_setup, r, micro_dev=True) for r in ratios]
             out["trace_lookahead"] = [[r, b["micro_dev"]] for r, b in zip(ratios, both)]
@@ -142,13 +160,15 @@ class SearchHooks(PruneHooks):
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "controller": self.controller.state_dict(), "probe_seconds": self.probe_seconds,
-                "scores": self._scores}
+                "scores": self._scores, **({"moments": self.moments.state_dict()} if self.moments else {})}
 
     def load_state_dict(self, state: dict, step: int) -> None:
         super().load_state_dict(state, step)
         self.controller.load_state_dict(state["controller"])
         self.probe_seconds = state["probe_seconds"]
         self._scores = state["scores"] if "scores" in state else state["controller"].get("scores")  # older runs
+        if self.moments is not None:
+            self.moments.load_state_dict(state["moments"])
         if distributed.is_main():
             rounds = truncate_jsonl(self.history, lambda r: r["step"] <= step)
             check_log_length(self.history, rounds, self.controller.state.rounds, "controller rounds")
@@ -166,6 +186,8 @@ class SearchHooks(PruneHooks):
             if rewards:
                 self.tracker.log({"controller/reward_mean": sum(rewards) / len(rewards),
                                   "controller/reward_best": max(rewards)}, step)
+        if self.moments is not None:
+            self.moments.reset()  # the next round estimates from its own steps
         if distributed.active():
             masks = prune.current_masks(self.setup.model)
             distributed.broadcast_tensors(masks)

@@ -9,7 +9,9 @@ the adapters' tensors, (As, Bs, scales) -> (B, A) of one equivalent LoRA, used t
 Masks (prune.py) are applied in the forward as w * mask, so masked entries also get zero gradient. Each
 tensor has a `stash` beside it: the value a masked entry takes when a trial or a commit revives it. With
 `straight_through` (prune reset `train`) masked entries instead stay in the weight and keep training on the
-straight-through gradient: the forward still sees w * mask.
+straight-through gradient: the forward still sees w * mask. With `full_gradient` (taylor.GradientMoments) a training
+forward uses w as it is, equal to w * mask since a committed masked entry holds 0, so every entry gets its
+gradient; the reader zeroes the masked entries' gradients before the optimizer step.
 Dropout, as PEFT: one per adapter in the `sum` form (each adapter's own rate); the `paper` form has one
 on the shared input, none by default (the authors' code has none).
 Tensors only: reading, checking and writing adapter files is adapter_io.py's job.
@@ -82,6 +84,7 @@ class MergedLoraLinear(nn.Module):
         self.scales = list(scales)
         self.dropouts = nn.ModuleList([nn.Dropout(p) if p > 0 else nn.Identity() for p in dropouts])
         self.straight_through = False
+        self.full_gradient = False
         for slot in self.slots():
             self.register_buffer(f"mask_{slot}", torch.ones_like(self.param(slot), dtype=torch.bool), persistent=False)
             self.register_buffer(f"stash_{slot}", torch.zeros_like(self.param(slot)), persistent=False)
@@ -112,6 +115,10 @@ class MergedLoraLinear(nn.Module):
         w, m = self.param(slot), self.mask(slot)
         if self.straight_through:  # the value w * m exactly (w - w = 0), the gradient of w unmasked
             return w + (w * m - w).detach()
+        if self.full_gradient and torch.is_grad_enabled():
+            # training: masked entries hold 0, so w is w * m and autograd gives them their gradient too (a trial, under
+            # no_grad, masks entries that still hold their values)
+            return w
         return w * m
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
