@@ -255,10 +255,13 @@ class ControllerOptions(Checked):
     advantage: Optional[str] = opt(None, "advantages r - mean(r) (none, the paper), also divided by std(r), or rank "
                                          "utilities (nes)", choices=ADVANTAGES)
     probe: str = opt("forward", "how a round scores its candidates: forward (a micro-dev pass under each one's mask, the "
-                                "paper) or taylor (the loss change estimated from the training gradients of the steps "
-                                "since the last round, second order with their empirical Fisher: no forward; rounds "
-                                "probe by forward as well until the estimates are calibrated to the measured changes, "
-                                "and every --calibrate-every rounds)", choices=PROBES)
+                                "paper) or taylor (diagnosis: the loss change estimated from the gradients training "
+                                "computed since the last round and their empirical Fisher, a * first-order + b * "
+                                "second-order term with a, b fitted to forward probes of the same candidates; a round "
+                                "also probes by forward until that fit explains half of the measured changes, every "
+                                "--calibrate-every rounds, and beyond the calibrated range. Measured on MLQA es, the "
+                                "estimates do not predict a probe on trained weights, so the rounds keep measuring: "
+                                "benchmarks/RESULTS.md)", choices=PROBES)
     calibrate_every: int = opt(0, "with --probe taylor: also probe by forward every this many rounds, refitting the "
                                   "estimates' scale (0: only until the first calibration that fits)")
     lookahead_steps: int = opt(0, "each probe first trains this many optimizer steps under its mask (on the same "

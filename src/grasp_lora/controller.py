@@ -187,10 +187,11 @@ def calibrate(pairs: list) -> Calibration | None:
         sse = float(np.sum((m - x @ coef) ** 2))
         if np.all(coef >= 0) and (best is None or sse < best[1]):
             best = coef, sse
-    if best is None or 1.0 - best[1] / float(np.sum(m ** 2)) < MIN_FIT:
+    share = None if best is None else 1.0 - best[1] / float(np.sum(m ** 2))
+    if share is None or share < MIN_FIT:
         return None
     reach = tuple(REACH * float(v) for v in np.max(np.abs(x), axis=0))
-    return Calibration(float(best[0][0]), float(best[0][1]), reach, 1.0 - best[1] / float(np.sum(m ** 2)))
+    return Calibration(float(best[0][0]), float(best[0][1]), reach, share)
 
 
 # ------------------------------------------------------------------ ratio rules: the learned ratio p*
@@ -396,10 +397,10 @@ def from_prior(p_star: float, st: ControllerState, s: ControllerOptions) -> bool
 
 
 def offline(settings: ControllerOptions, loss_at: Callable[[int, float, float], float], rounds: int,
-            estimate_at: Callable[[int, float, float], float] | None = None) -> "Controller":
+            estimate_at: Callable[[int, float, float], list[float]] | None = None) -> "Controller":
     """The controller run on a loss surface instead of a model: `loss_at(round, committed p, ratio)` is the micro-dev
     loss a probe would measure (a synthetic curve in tests, a recorded trace in benchmarks/replay_controller.py);
-    `estimate_at` the same for the loss change a `taylor` probe would estimate."""
+    `estimate_at` the same for the [first, second]-order terms of the loss change a `taylor` probe would estimate."""
     k, p = [0], [settings.p_init]
     estimate = None if estimate_at is None else (lambda ratios: [estimate_at(k[0], p[0], r) for r in ratios])
     ctrl = Controller(settings, lambda ratios: [loss_at(k[0], p[0], r) for r in ratios],
@@ -416,13 +417,13 @@ def offline(settings: ControllerOptions, loss_at: Callable[[int, float, float], 
 class Controller:
     """Runs rounds: `probe(ratios)` gives the micro-dev loss under each ratio's trial mask, `base()` the committed
     ratio's, `commit(ratio)` applies a ratio's mask for training, and with probe `taylor`, `estimate(ratios)` the
-    estimated loss change of each ratio's mask against the committed one. The model is reached only through these,
+    [first, second]-order terms of each ratio's estimated loss change against the committed mask. The model is reached only through these,
     so the same controller runs on a model, a recorded trace or a synthetic curve."""
 
     def __init__(self, settings: ControllerOptions, probe_fn: Callable[[list[float]], list[float]],
                  commit_fn: Callable[[float], object], base_fn: Callable[[], float],
                  trace_fn: Callable[[list[float]], dict] | None = None,
-                 estimate_fn: Callable[[list[float]], list[float]] | None = None):
+                 estimate_fn: Callable[[list[float]], list[list[float]]] | None = None):
         self.s = settings
         if settings.probe == "taylor" and estimate_fn is None:
             raise ValueError("probe taylor needs an estimate_fn")

@@ -59,7 +59,7 @@ class SearchHooks(PruneHooks):
             return [self.lookahead(self.probe_setup, r)[self.cfg.probe_loss] for r in ratios]
         return probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
 
-    def estimate(self, ratios: list[float]) -> list[float]:
+    def estimate(self, ratios: list[float]) -> list[list[float]]:
         return [self.moments.estimate(prune.masks_for_ratio(self.round_scores(), r, self.cfg.scope)) for r in ratios]
 
     def before_step(self, step):
