@@ -79,7 +79,7 @@ def main():
         print(f"{ratio:>6.1f} {measured_train:>13.4f} {measured_dev:>17.4f} {first:>12.4f} {second:>13.5f}")
     est, fwd = np.mean(seconds["estimate"]), np.mean(seconds["forward"])
     print(f"seconds per candidate: estimate {est:.3f} (masks for the ratio included), forward probe {fwd:.3f}: "
-          f"the estimate costs {est / fwd:.3f}x a forward probe")
+          f"the estimate costs {est / fwd:.2g}x a forward probe")
 
 
 if __name__ == "__main__":
