@@ -55,8 +55,7 @@ def main():
     for ex in train:  # batch 1: one optimizer step's gradient per example, no step taken
         example_nll(model, collate([ex], pad, setup.device)).sum().backward()
         moments.add_step()
-        for p in model.parameters():
-            p.grad = None
+        model.zero_grad(set_to_none=True)
     model.eval()
     micro_dev = LossProbe(setup.examples["micro_dev"], pad, setup.device, cfg.eval_batch_size)
     train_loss = LossProbe(train, pad, setup.device, cfg.eval_batch_size)

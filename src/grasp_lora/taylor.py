@@ -12,9 +12,10 @@ g: the mean gradient of the training loss over the steps since the last round, a
 (their gradient is what reviving them would start from); F: the mean squared per-example gradient (the empirical
 Fisher, diagonal); a and b are fitted to the changes that forward probes measure (controller.calibrate): the
 empirical Fisher is not the curvature, only its shape, and a mask the model has trained under costs more to leave in
-either direction than a local expansion says (benchmarks/RESULTS.md). Masked entries hold 0 in their weight (every reset but `train`), so the forward can use the weight
-as it is and autograd gives every entry its gradient (MergedLoraLinear.full_gradient); the masked entries' gradients
-are zeroed after they are read, so training is unchanged.
+either direction than a local expansion says (benchmarks/RESULTS.md). Masked entries hold 0 in their weight (every
+reset but `train`), so the forward can use the weight as it is and autograd gives every entry its gradient
+(MergedLoraLinear.full_gradient); the masked entries' gradients are zeroed after they are read, so training is
+unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from . import prune
+from .merge import merged_layers
 
 
 def loss_change(g: torch.Tensor, fisher: torch.Tensor, now: torch.Tensor, new: torch.Tensor) -> tuple[float, float]:
@@ -39,7 +41,7 @@ class GradientMoments:
 
     def __init__(self, model: torch.nn.Module, per_step: int):
         self.model, self.per_step = model, per_step
-        for _, layer, _ in prune.tensors(model):
+        for layer in merged_layers(model).values():
             layer.full_gradient = True
         self.reset()
 
@@ -69,8 +71,10 @@ class GradientMoments:
         """[first-order, second-order] terms of the loss change of committing `masks` instead of the current ones,
         summed over every tensor (0 before any step)."""
         total = [0.0, 0.0]
+        if not self.steps:
+            return total
         for name, layer, slot in prune.tensors(self.model):
-            if not self.steps or name not in self.sum_g:
+            if name not in self.sum_g:
                 continue
             full, now_mask = layer.full(slot), layer.mask(slot)
             now = torch.where(now_mask, full, torch.zeros_like(full))
