@@ -16,8 +16,13 @@ each term with the measurement, candidates that prune more and ones that revive 
 calibration fitted on the earlier rounds scored on this one (its share of the measured sum of squares explained, and
 whether it picks the round's best candidate).
 
+`--periods`: whether the committed periods themselves rank the ratios as the grid does. Each round's base loss is
+the micro-dev loss after K steps at the committed p; per controller stage, base_k = c0 + c1 k + c2 k^2 + beta p_k by
+least squares, beta's standard error beside the grid's slope over the ratios that run visited; then, per start, the
+level the seeds share (they train on the same examples in the same order) taken out by pairing them round by round.
+
     python benchmarks/replay_controller.py [--out runs/bench-controller] [--case mlqa-ar ...]
-        [--controllers reinforce nes fit] [--starts 0.2 0.4 0.6] [--seeds 42 1337 9001] [--taylor]
+        [--controllers reinforce nes fit] [--starts 0.2 0.4 0.6] [--seeds 42 1337 9001] [--taylor | --periods]
 """
 
 from __future__ import annotations
@@ -62,9 +67,15 @@ def main():
                     help="a controller option for every replayed controller (e.g. group_size=4)")
     ap.add_argument("--taylor", action="store_true", help="score the estimates of --probe taylor stages against their "
                     "measured probes")
+    ap.add_argument("--periods", action="store_true", help="the committed periods' base losses against the grid's "
+                    "slope (the stages of --controllers)")
     args = ap.parse_args()
     for name in args.case:
         case = Path(args.out) / name
+        if args.periods:
+            print(f"case {name}:")
+            periods_report(case, grid_curve(case), args.controllers)
+            continue
         if args.taylor:
             for path in sorted(case.glob("search/*/p*/seed*/history.jsonl")) + sorted(
                     case.glob("search/*/p*/seed*/.*/history.jsonl")):
@@ -119,6 +130,40 @@ def analyse(rounds: list[list], committed: list[float], curve: dict[float, float
                                 source="replay"), loss_at, len(rounds)).result()["prune_ratio"] for s in args.seeds]
             print(f"    {c:<12}{p0:>6}  {' '.join(f'{p:.3f}' for p in ps):<24}"
                   f"{np.mean([regret(p) for p in ps]):>8.3f}{regret(p0):>12.3f}")
+
+
+def periods_report(case: Path, curve: dict[float, float], controllers: list[str], skip: int = 3) -> None:
+    """beta of base loss on committed p per stage (quadratic trend in the round), then per start paired across seeds
+    (rounds after the first `skip`, whose losses still fall fast)."""
+    grid_slope = lambda ps: float(np.polyfit(ps, [interpolate(curve, x) for x in ps], 1)[0])
+    for c in controllers:
+        for start in sorted(case.glob(f"search/{c}/p*")):
+            runs = []
+            for path in sorted(start.glob("seed*/history.jsonl")):
+                rows = [r for r in read_jsonl(path) if "base_loss" in r]
+                p, base = np.asarray([r["p"] for r in rows]), np.asarray([r["base_loss"] for r in rows])
+                k = np.arange(len(p))
+                x = np.c_[np.ones_like(k), k, k ** 2, p]
+                if len(p) < 6 or np.ptp(p) == 0:
+                    continue
+                coef, *_ = np.linalg.lstsq(x, base, rcond=None)
+                resid = base - x @ coef
+                sd = float(np.sqrt(resid @ resid / (len(p) - 4)))
+                print(f"  {path.parent.relative_to(case)}: p {p.min():.2f}-{p.max():.2f}, detrended sd {sd:.3f}, "
+                      f"beta {coef[3]:+.3f} ± {sd * np.sqrt(np.linalg.inv(x.T @ x)[3, 3]):.3f}, "
+                      f"the grid's slope there {grid_slope(p):+.3f}")
+                runs.append((p, base))
+            n = min((len(p) for p, _ in runs), default=0)
+            if len(runs) >= 2 and n > skip + 1:
+                p = np.asarray([r[0][skip:n] for r in runs])
+                base = np.asarray([r[1][skip:n] for r in runs])
+                dp, db = p - p.mean(0), base - base.mean(0)
+                beta = float((dp * db).sum() / (dp ** 2).sum())
+                resid = db - beta * dp
+                se = float(np.sqrt((resid ** 2).sum() / (resid.size - n + skip - 1) / (dp ** 2).sum()))
+                print(f"  {start.relative_to(case)}, {len(runs)} seeds paired round by round (rounds {skip + 1}-{n}): "
+                      f"sd {resid.std():.3f}, beta {beta:+.3f} ± {se:.3f}, the grid's slope there "
+                      f"{grid_slope(p.ravel()):+.3f}")
 
 
 def taylor_report(history: list[dict]) -> None:

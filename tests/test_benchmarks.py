@@ -2,11 +2,13 @@
 bench_controller's yardsticks and replay_controller on hand-made stage records."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -161,6 +163,40 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
                                "starting weights: an exact replay)")[1]
     fit_row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["fit"])
     assert float(fit_row[2]) == pytest.approx(0.7, abs=0.01)
+
+
+def test_replay_periods_recovers_the_slope_of_committed_periods(tmp_path, monkeypatch, capsys):
+    """--periods: base losses made of a level the seeds share (the data order), a quadratic trend and a known slope in
+    the committed p; the per-run fit and the paired fit both read that slope back, beside the grid's own."""
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import replay_controller
+
+    case = tmp_path / "a"
+    stage_records(case, {42: {p: 1.0 + 0.1 * p for p in (0.1, 0.4, 0.8)}}, {})
+    rng = np.random.default_rng(0)
+    k = np.arange(12)
+    shared = 2.0 - 0.04 * k + 0.002 * k ** 2 + rng.normal(0, 0.05, size=12)  # the same for every seed
+    for seed in (1, 2, 3):
+        p = np.clip(0.4 + rng.normal(0, 0.15, size=12), 0.1, 0.8)
+        rows = [{"step": 10 * (i + 1), "p": float(p[i]), "mu": 0.4, "sigma": 0.1,
+                 "base_loss": float(shared[i] - 0.3 * p[i])} for i in range(12)]
+        d = case / f"search/reinforce/p0.4/seed{seed}"
+        d.mkdir(parents=True)
+        (d / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(sys, "argv", ["replay", "--out", str(tmp_path), "--case", "a", "--controllers", "reinforce",
+                                      "--periods"])
+    replay_controller.main()
+    out = capsys.readouterr().out
+    paired = next(line for line in out.splitlines() if "paired round by round" in line)
+    assert "3 seeds" in paired and "beta -0.300 ± 0.000" in paired and "the grid's slope there +0.100" in paired
+    # one run alone cannot take out the level's noise (not a quadratic): its beta is -0.3 within its wider error
+    per_run = [re.search(r"beta ([-+.\d]+) ± ([.\d]+)", line) for line in out.splitlines() if "detrended sd" in line]
+    assert len(per_run) == 3
+    for m in per_run:
+        beta, se = float(m[1]), float(m[2])
+        assert se > 0.01 and abs(beta + 0.3) < 3 * se
 
 
 def test_bench_taylor_puts_estimates_beside_probes(tiny_model, tiny_adapters, demo_data, tmp_path):
