@@ -142,10 +142,10 @@ def periods_report(case: Path, curve: dict[float, float], controllers: list[str]
             for path in sorted(start.glob("seed*/history.jsonl")):
                 rows = [r for r in read_jsonl(path) if "base_loss" in r]
                 p, base = np.asarray([r["p"] for r in rows]), np.asarray([r["base_loss"] for r in rows])
+                if len(p) < 6 or np.ptp(p) == 0:  # too few rounds, or p never moved: no slope to fit
+                    continue
                 k = np.arange(len(p))
                 x = np.c_[np.ones_like(k), k, k ** 2, p]
-                if len(p) < 6 or np.ptp(p) == 0:
-                    continue
                 coef, *_ = np.linalg.lstsq(x, base, rcond=None)
                 resid = base - x @ coef
                 sd = float(np.sqrt(resid @ resid / (len(p) - 4)))
@@ -160,7 +160,8 @@ def periods_report(case: Path, curve: dict[float, float], controllers: list[str]
                 dp, db = p - p.mean(0), base - base.mean(0)
                 beta = float((dp * db).sum() / (dp ** 2).sum())
                 resid = db - beta * dp
-                se = float(np.sqrt((resid ** 2).sum() / (resid.size - n + skip - 1) / (dp ** 2).sum()))
+                dof = resid.size - p.shape[1] - 1  # a level per round, and beta
+                se = float(np.sqrt((resid ** 2).sum() / dof / (dp ** 2).sum()))
                 print(f"  {start.relative_to(case)}, {len(runs)} seeds paired round by round (rounds {skip + 1}-{n}): "
                       f"sd {resid.std():.3f}, beta {beta:+.3f} ± {se:.3f}, the grid's slope there "
                       f"{grid_slope(p.ravel()):+.3f}")
