@@ -177,13 +177,29 @@ def one_seed_grid(complete: dict[float, dict[int, float]]) -> dict | None:
             "regret": float(np.mean([norm(p, [o for o in seeds if o != s]) for s, p in picks.items()]))}
 
 
+def partial_grid(grid: dict[float, dict[int, float]]) -> str:
+    """What a part-run grid (`--grid-ratios`) says so far: over the ratios run in >= 2 common seeds, the mean val loss,
+    the discriminating power on those ratios alone, and each seed's best among them (a pilot of a new case: does one
+    seed's best carry over to the next?). Empty when there is nothing to compare yet."""
+    ran = {p: v for p, v in grid.items() if v}
+    seeds = sorted(set.intersection(*(set(v) for v in ran.values()))) if ran else []
+    if len(ran) < 2 or len(seeds) < 2:
+        return ""
+    part = {p: {s: v[s] for s in seeds} for p, v in ran.items()}
+    means = "  ".join(f"{p}:{np.mean(list(v.values())):.4f}" for p, v in part.items())
+    picks = " ".join(str(min(part, key=lambda p: part[p][s])) for s in seeds)
+    return (f"; so far over ratios {' '.join(map(str, part))} and seeds {' '.join(map(str, seeds))}: mean val loss "
+            f"{means}, discriminating power on these ratios {discriminating_power(part):.2f}, each seed's best {picks}")
+
+
 def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
     # only the seeds run at every ratio: a seed still part-way would tilt the mean curve where it has run
     seeds = set.intersection(*(set(v) for v in grid.values()))
     complete = {p: {s: v[s] for s in sorted(seeds)} for p, v in grid.items() if seeds}
     if len(complete) < len(GRID):
         done = sum(bool(v) for v in grid.values())
-        return {"case": name, "status": f"grid incomplete ({done}/{len(GRID)} points in some seed, none in all)"}
+        return {"case": name, "status": f"grid incomplete ({done}/{len(GRID)} points in some seed, none in all)"
+                                      + partial_grid(grid)}
     curve = {p: float(np.mean(list(v.values()))) for p, v in complete.items()}
     lo, hi = min(curve.values()), max(curve.values())
     regret = lambda p: regret_on(curve, p)
