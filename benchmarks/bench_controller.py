@@ -177,29 +177,33 @@ def one_seed_grid(complete: dict[float, dict[int, float]]) -> dict | None:
             "regret": float(np.mean([norm(p, [o for o in seeds if o != s]) for s, p in picks.items()]))}
 
 
-def partial_grid(grid: dict[float, dict[int, float]]) -> str:
-    """What a part-run grid (`--grid-ratios`) says so far: over the ratios run in >= 2 common seeds, the mean val loss,
-    the discriminating power on those ratios alone, and each seed's best among them (a pilot of a new case: does one
-    seed's best carry over to the next?). Empty when there is nothing to compare yet."""
+def common_seeds(grid: dict[float, dict[int, float]]) -> dict[float, dict[int, float]]:
+    """The ratios run so far, each with only the seeds run at all of them: a seed still part-way would tilt the mean
+    curve where it has run. Empty when no seed is common to them."""
     ran = {p: v for p, v in grid.items() if v}
     seeds = sorted(set.intersection(*(set(v) for v in ran.values()))) if ran else []
-    if len(ran) < 2 or len(seeds) < 2:
+    return {p: {s: v[s] for s in seeds} for p, v in ran.items()} if seeds else {}
+
+
+def partial_grid(part: dict[float, dict[int, float]]) -> str:
+    """What a part-run grid (`--grid-ratios`, as common_seeds gives it) says so far: the mean val loss, the
+    discriminating power on those ratios alone, and each seed's best among them (a pilot of a new case: does one
+    seed's best carry over to the next?). Empty with fewer than 2 ratios or 2 seeds."""
+    if len(part) < 2 or len(next(iter(part.values()))) < 2:
         return ""
-    part = {p: {s: v[s] for s in seeds} for p, v in ran.items()}
     means = "  ".join(f"{p}:{np.mean(list(v.values())):.4f}" for p, v in part.items())
-    picks = " ".join(str(min(part, key=lambda p: part[p][s])) for s in seeds)
-    return (f"; so far over ratios {' '.join(map(str, part))} and seeds {' '.join(map(str, seeds))}: mean val loss "
-            f"{means}, discriminating power on these ratios {discriminating_power(part):.2f}, each seed's best {picks}")
+    picks = " ".join(map(str, one_seed_grid(part)["picks"].values()))
+    return (f"; so far over ratios {' '.join(map(str, part))} and seeds {' '.join(map(str, next(iter(part.values()))))}"
+            f": mean val loss {means}, discriminating power on these ratios {discriminating_power(part):.2f}, "
+            f"each seed's best {picks}")
 
 
 def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
-    # only the seeds run at every ratio: a seed still part-way would tilt the mean curve where it has run
-    seeds = set.intersection(*(set(v) for v in grid.values()))
-    complete = {p: {s: v[s] for s in sorted(seeds)} for p, v in grid.items() if seeds}
+    complete = common_seeds(grid)
     if len(complete) < len(GRID):
         done = sum(bool(v) for v in grid.values())
         return {"case": name, "status": f"grid incomplete ({done}/{len(GRID)} points in some seed, none in all)"
-                                      + partial_grid(grid)}
+                                      + partial_grid(complete)}
     curve = {p: float(np.mean(list(v.values()))) for p, v in complete.items()}
     lo, hi = min(curve.values()), max(curve.values())
     regret = lambda p: regret_on(curve, p)

@@ -114,7 +114,7 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
     part_way = {p: {**s, **({9001: 5.0} if p == 0.1 else {})} for p, s in grid_runs.items()}
     assert bc.summarise("b", part_way, {}, tmp_path / "b")["curve"] == b["curve"]
     # a pilot's part-run grid (--grid-ratios 0.1 0.5 0.8): its power and each seed's best on those ratios alone
-    pilot = {p: ({s: x for s, x in runs.items()} if p in (0.1, 0.5, 0.8) else {}) for p, runs in grid_runs.items()}
+    pilot = {p: (dict(runs) if p in (0.1, 0.5, 0.8) else {}) for p, runs in grid_runs.items()}
     status = bc.summarise("b", pilot, {}, tmp_path / "b")["status"]
     three = [1.0 + (p - 0.7) ** 2 for p in (0.1, 0.5, 0.8)]
     assert "ratios 0.1 0.5 0.8 and seeds 42 1337" in status and "each seed's best 0.8 0.8" in status
