@@ -86,17 +86,20 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
             return {"val_loss": summary["best_val_loss"], "train_seconds": summary["seconds"]}
         return fn
 
-    def controller(seed: int, opts: dict):
+    def controller(seed: int, opts: dict, folder: str):
+        search_cfg = exp.train_cfg(SearchConfig, data=target, adapters=adapters, out=str(out / folder),
+                                   merge_form=cfg.merge_form, criterion=cfg.search_criterion,
+                                   controller_seed=seed, resume=True, **search_batching(cfg))
+        # another controller: the options the case's config resolved from its own controller's preset go back to
+        # unset, so they take this controller's values (those the variant names itself still win)
+        reset = {k: None for k in CONTROLLERS[opts["controller"]][1]} if "controller" in opts else {}
+        run_cfg = build(SearchConfig, overrides={**search_cfg.__dict__, **reset, **opts}, source="variant")
+        options = {f.name: getattr(run_cfg, f.name) for f in fields(ControllerOptions)}
+        check_stored_options(out / folder, options)
+
         def fn(d: Path) -> dict:
-            search_cfg = exp.train_cfg(SearchConfig, data=target, adapters=adapters, out=str(d),
-                                       merge_form=cfg.merge_form, criterion=cfg.search_criterion,
-                                       controller_seed=seed, resume=True, **search_batching(cfg))
-            # another controller: the options the case's config resolved from its own controller's preset go back to
-            # unset, so they take this controller's values (those the variant names itself still win)
-            reset = {k: None for k in CONTROLLERS[opts["controller"]][1]} if "controller" in opts else {}
-            run_cfg = build(SearchConfig, overrides={**search_cfg.__dict__, **reset, **opts}, source="variant")
             result, _ = search(run_cfg)
-            return {**result, "options": {f.name: getattr(run_cfg, f.name) for f in fields(ControllerOptions)}}
+            return {**result, "options": options}
         return fn
 
     grid: dict[float, dict[int, float]] = {p: {} for p in GRID}
@@ -120,18 +123,35 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
                         *(f"-{key}{opts[key]}" for key in ("lookahead", "batch") if opts.get(key)),
                         f"-{opts['criterion']}" * bool(opts.get("criterion"))])
         names = {"lookahead": "lookahead_steps", "batch": "lookahead_batch"}
-        stage(f"{kind}/seed{controller_seeds[0]}", controller(controller_seeds[0], {
+        folder = f"{kind}/seed{controller_seeds[0]}"
+        stage(folder, controller(controller_seeds[0], {
             "controller": "reinforce", "trace_ratios": ratios,
-            **{names.get(k, k): v for k, v in opts.items() if v is not None}}))
+            **{names.get(k, k): v for k, v in opts.items() if v is not None}}, folder))
     for s in controller_seeds:  # every start and variant of one seed before the next seed: all columns fill early
         for v, opts in variants.items():
             for p0 in starts:
-                info = stage(f"search/{v}/p{p0}/seed{s}", controller(s, {**opts, "p_init": p0}))
+                folder = f"search/{v}/p{p0}/seed{s}"
+                info = stage(folder, controller(s, {**opts, "p_init": p0}, folder))
                 if info:
                     info["history"] = read_jsonl(out / "search" / v / f"p{p0}" / f"seed{s}" / "history.jsonl")
                     searches[v][p0][s] = info
     run_grid(grid_seeds[1:])
     return summarise(name, grid, searches, out)
+
+
+def check_stored_options(folder: Path, options: dict) -> None:
+    """A finished controller stage is reused by its name: stop when it ran with other options than the ones asked
+    (a default changed since, or a variant reuses a name), rather than report it under the wrong ones."""
+    done = folder / "done.json"
+    stored = json.loads(done.read_text()).get("options") if done.is_file() else None
+    if stored is None:
+        return
+    # an option a stage does not record did not exist when it ran: it ran as that option's default does
+    differ = sorted(k for k in set(stored) & set(options) if k != "trace_ratios" and stored[k] != options[k])
+    if differ:
+        raise SystemExit(f"{done}: this stage ran with " + ", ".join(f"{k}={stored.get(k)!r}" for k in differ)
+                         + "; asked: " + ", ".join(f"{k}={options.get(k)!r}" for k in differ)
+                         + ". Name the variant after what it runs (--variant NAME:key=value,...) or delete the stage")
 
 
 def verify_retrained(exp: Experiment, adapters: list[str]) -> None:

@@ -140,7 +140,7 @@ def periods_report(case: Path, curve: dict[float, float], controllers: list[str]
         for start in sorted(case.glob(f"search/{c}/p*")):
             runs = []
             for path in sorted(start.glob("seed*/history.jsonl")):
-                rows = [r for r in read_jsonl(path) if "base_loss" in r]
+                rows = [r for r in read_jsonl(path) if r.get("base_loss") is not None]
                 p, base = np.asarray([r["p"] for r in rows]), np.asarray([r["base_loss"] for r in rows])
                 if len(p) < 6 or np.ptp(p) == 0:  # too few rounds, or p never moved: no slope to fit
                     continue

@@ -1,6 +1,7 @@
 """The benchmarks are code too: bench_speedup end to end on the tiny model, and its kept state continues it;
 bench_controller's yardsticks and replay_controller on hand-made stage records."""
 
+import json
 import os
 import re
 import shutil
@@ -67,8 +68,6 @@ def stages_run(output: str) -> list[str]:
 
 def stage_records(case: Path, curves: dict[int, dict[float, float]], controllers: dict[tuple[str, float], list]) -> None:
     """Finished grid and controller stages of one case, as bench_controller writes them."""
-    import json
-
     from grasp_lora.config import ControllerOptions
     from grasp_lora.controller import offline
 
@@ -88,8 +87,6 @@ def stage_records(case: Path, curves: dict[int, dict[float, float]], controllers
 def test_bench_controller_yardsticks(tmp_path, monkeypatch):
     """Discriminating power (span / mean seed std, ddof 1), the start held constant, random and the leave-one-out
     constant, on hand-made curves whose answers are known; and the replay of a trace."""
-    import json
-
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import bench_controller as bc
     import replay_controller
@@ -174,8 +171,6 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
 def test_replay_periods_recovers_the_slope_of_committed_periods(tmp_path, monkeypatch, capsys):
     """--periods: base losses made of a level the seeds share (the data order), a quadratic trend and a known slope in
     the committed p; the per-run fit and the paired fit both read that slope back, beside the grid's own."""
-    import json
-
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import replay_controller
 
@@ -223,3 +218,19 @@ def test_bench_taylor_puts_estimates_beside_probes(tiny_model, tiny_adapters, de
     at_p = rows[3]  # the committed ratio itself: no change, measured or estimated
     assert [float(x) for x in at_p[1:]] == [0.0, 0.0, 0.0, 0.0]
     assert any(float(r[3]) != 0.0 for r in rows) and "costs" in lines[-1]
+
+
+def test_a_stored_controller_stage_with_other_options_is_not_reused(tmp_path, monkeypatch):
+    """bench_controller reuses a finished stage by its name: one that ran with other options (a default changed
+    since, a variant name reused) stops the benchmark with the options that differ, instead of being reported."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_controller as bc
+
+    stage = tmp_path / "search/reinforce/p0.4/seed42"
+    stage.mkdir(parents=True)
+    asked = {"controller": "reinforce", "commit_toward": "best_candidate", "probe_examples": 0, "trace_ratios": []}
+    (stage / "done.json").write_text(json.dumps({"options": {**asked, "trace_ratios": [0.3]}}))
+    bc.check_stored_options(stage, asked)  # the diagnostic trace ratios do not count
+    bc.check_stored_options(tmp_path / "search/never-run", asked)
+    with pytest.raises(SystemExit, match="commit_toward='best_candidate'; asked: commit_toward='policy_mean'"):
+        bc.check_stored_options(stage, {**asked, "commit_toward": "policy_mean"})

@@ -11,8 +11,8 @@ from conftest import cli, run_cli
 from grasp_lora import prune
 from grasp_lora.config import ControllerOptions
 from grasp_lora.cli import command_config, make_parser
-from grasp_lora.controller import (CONTROLLERS, ControllerState, advantages, commit_rule, initial_sigma, nes_update,
-                                   offline, policy_update, rank_utilities, sample_candidates)
+from grasp_lora.controller import (CONTROLLERS, Controller, ControllerState, advantages, commit_rule, initial_sigma,
+                                   move_toward, nes_update, offline, policy_update, rank_utilities, sample_candidates)
 from grasp_lora.files import read_jsonl
 
 S = ControllerOptions()
@@ -27,6 +27,9 @@ def test_defaults_are_the_papers(argv):
     assert (s.policy_lr, s.kl_coef, s.entropy_bonus, s.max_ratio_step, s.controller_seed) == (0.05, 0.05, 0.01, 0.10, 42)
     assert (s.advantage, s.commit_mask, s.importance_refresh) == ("none", "bounded", "once")
     assert math.isclose(initial_sigma(s), 0.7 / 6)
+    assert (s.controller, s.commit_toward, s.probe_examples) == ("reinforce", "best_candidate", 0)
+    nes = command_config(make_parser().parse_args(argv + ["--controller", "nes"]))
+    assert (nes.commit_toward, nes.probe_examples, nes.ratio_rule) == ("policy_mean", 0, "policy_mean")
 
 
 def test_policy_update_by_hand():
@@ -110,6 +113,26 @@ def test_a_settled_policy_stops_probing():
     assert offline(s, synthetic(0.7, 0.0, 0), 10).state.converged_at is None  # its sigma only grows
 
 
+@pytest.mark.parametrize("controller,toward,reference", [("reinforce", "best_candidate", True),
+                                                         ("reinforce", "policy_mean", False), ("nes", None, False),
+                                                         ("fit", None, True)])
+def test_a_round_measures_the_reference_only_when_its_rule_reads_it(controller, toward, reference):
+    """The committed ratio's loss costs a probe: measured for the commit rule and the fit, not for an update that reads
+    only the candidates' differences, whose rewards are then against the round's mean loss and move the policy as
+    rewards against any reference would."""
+    s = ControllerOptions(controller=controller, commit_toward=toward)
+    curve, bases = synthetic(0.3, 0.05, 0), []
+    ctrl = Controller(s, lambda ratios: [curve(0, 0.4, r) for r in ratios], lambda r: None,
+                      lambda: bases.append(curve(0, 0.4, 0.4)) or bases[-1])
+    rec = ctrl.round(1)
+    assert len(bases) == int(reference) and (rec["base_loss"] is None) != reference
+    if not reference:
+        assert rec["rewards"] == pytest.approx([np.mean(rec["losses"]) - l for l in rec["losses"]])
+        shifted = advantages([2.0 - l for l in rec["losses"]], s.advantage)
+        assert rec["advantages"] == pytest.approx(shifted)
+    assert ctrl.round(2)["p"] == rec["p_next"] and ctrl.result()["rounds"] == 2
+
+
 def test_reinforce_misses_the_synthetic_optimum():
     """The null the fit controller is measured against: the authors' update (the current default, policy_mean
     rule) ends 0.2 short of an optimum at 0.7 from a start at 0.2 in 6 noiseless rounds, and more than 0.05 off in
@@ -187,9 +210,15 @@ def replay(history: list[dict], s: ControllerOptions) -> None:
         finite = [r if math.isfinite(r) else min(x for x in rec["rewards"] if math.isfinite(x)) for r in rec["rewards"]]
         adv = advantages(finite, s.advantage)
         assert np.allclose(adv, rec["advantages"])
-        assert np.allclose(rec["rewards"], [rec["base_loss"] - l for l in rec["losses"]], equal_nan=True)
+        # against the committed ratio's loss, or, where the rule reads no reference, the round's mean loss
+        reference = rec["base_loss"] if rec["base_loss"] is not None else np.nanmean(rec["losses"])
+        assert (rec["base_loss"] is None) == (s.commit_toward == "policy_mean")  # no reference read, none measured
+        assert np.allclose(rec["rewards"], [reference - l for l in rec["losses"]], equal_nan=True)
         mu_next, sigma_next = policy_update(rec["mu"], rec["sigma"], rec["p"], rec["candidates"], adv, s)
-        p_next, committed, _ = commit_rule(rec["p"], rec["candidates"], rec["rewards"], s)
+        if s.commit_toward == "policy_mean":
+            p_next = committed = move_toward(rec["p"], mu_next, s)
+        else:
+            p_next, committed, _ = commit_rule(rec["p"], rec["candidates"], rec["rewards"], s)
         assert math.isclose(mu_next, rec["mu_next"]) and math.isclose(sigma_next, rec["sigma_next"])
         assert math.isclose(p_next, rec["p_next"]) and committed == rec["committed"]
 
@@ -221,23 +250,26 @@ def test_search_history_replays_and_is_deterministic(tmp_path, tiny_model, tiny_
 def test_search_switches(tmp_path, tiny_model, tiny_adapters, demo_data):
     out = tmp_path / "s"
     assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--importance-refresh", "every_round",
-                            "--commit-mask", "candidate", "--ratio-rule", "policy_mean", "--advantage", "std",
+                            "--commit-toward", "best_candidate", "--commit-mask", "candidate", "--probe-examples", 0,
+                            "--ratio-rule", "policy_mean", "--advantage", "std",
                             "--scope", "global", "--criterion", "sensitivity", "--trace-ratios", "0.2", "0.5")) == 0
     hist = read_jsonl(out / "history.jsonl")
     assert all([r for r, _ in rec["trace"]] == [0.2, 0.5] and all(math.isfinite(l) for _, l in rec["trace"])
                and rec["trace_seconds"] > 0 for rec in hist)
-    replay(hist, ControllerOptions(round_every=2, advantage="std", commit_mask="candidate"))
+    replay(hist, ControllerOptions(round_every=2, advantage="std", commit_mask="candidate",
+                                   commit_toward="best_candidate"))
     ratio = json.loads((out / "ratio.json").read_text())
     assert ratio["rule"] == "policy_mean" and ratio["prune_ratio"] == hist[-1]["mu_next"]
 
 
-@pytest.mark.parametrize("controller", ["fit", "nes"])
-def test_search_with_a_learning_controller(tmp_path, tiny_model, tiny_adapters, demo_data, controller):
-    """The scale-free controllers on a real model: the committed ratio follows mu by at most max_ratio_step, and
-    ratio.json names the controller and its rule."""
+@pytest.mark.parametrize("controller,extra", [("fit", []), ("nes", []),
+                                              ("reinforce", ["--commit-toward", "policy_mean"])])
+def test_search_with_a_learning_controller(tmp_path, tiny_model, tiny_adapters, demo_data, controller, extra):
+    """The scale-free controllers (and reinforce told to) on a real model: the committed ratio follows mu by at most
+    max_ratio_step, and ratio.json names the controller and its rule."""
     out = tmp_path / controller
     assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", controller,
-                            "--max-steps", 8)) == 0
+                            "--max-steps", 8, *extra)) == 0
     hist = read_jsonl(out / "history.jsonl")
     assert len(hist) == 4
     for rec in hist:
@@ -246,6 +278,25 @@ def test_search_with_a_learning_controller(tmp_path, tiny_model, tiny_adapters, 
     ratio = json.loads((out / "ratio.json").read_text())
     assert ratio["controller"] == controller and ratio["rule"] in ("fit", "policy_mean", "committed")
     assert 0.1 <= ratio["prune_ratio"] <= 0.8
+
+
+def test_probes_score_on_the_rounds_slices_of_the_micro_dev_set(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """--probe-examples 2 on a micro-dev set of 6: round k scores on examples 2k, 2k+1. With the ratio held (p_min =
+    p_max) and a learning rate too small to move the weights, the three rounds' reference losses differ and average
+    to the whole set's loss (the trace's, which always scores on all of it)."""
+    out = tmp_path / "sliced"
+    held = ["--p-min", 0.3, "--p-init", 0.3, "--p-max", 0.3, "--lr", "1e-12", "--trace-ratios", 0.3,
+            "--commit-toward", "best_candidate"]  # so that each round measures its reference
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, *held, "--probe-examples", 2)) == 0
+    hist = read_jsonl(out / "history.jsonl")
+    assert len(hist) == 3
+    base = [r["base_loss"] for r in hist]
+    assert len({round(b, 6) for b in base}) == 3 and all(r["losses"] == [r["base_loss"]] * 3 for r in hist)
+    assert np.mean(base) == pytest.approx(hist[0]["trace"][0][1], abs=1e-5)
+    assert all(r["trace"][0][1] == pytest.approx(hist[0]["trace"][0][1], abs=1e-5) for r in hist)
+    whole = tmp_path / "whole"  # more than the set holds: all of it, every round
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, whole, *held, "--probe-examples", 7)) == 0
+    assert all(r["base_loss"] == pytest.approx(r["trace"][0][1], abs=1e-6) for r in read_jsonl(whole / "history.jsonl"))
 
 
 def test_search_stops_probing_once_settled(tmp_path, tiny_model, tiny_adapters, demo_data):
@@ -337,7 +388,7 @@ def test_online_probe_loss_is_the_lookahead_training_loss(tmp_path, tiny_model, 
     out = tmp_path / "online"
     assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--lookahead-steps", 2, "--probe-from", "start",
                             "--probe-loss", "online", "--p-init", 0.3, "--max-ratio-step", 1e-9,
-                            "--trace-ratios", 0.3)) == 0
+                            "--commit-toward", "best_candidate", "--trace-ratios", 0.3)) == 0
     hist = read_jsonl(out / "history.jsonl")
     assert len(hist) == 3
     for rec in hist:

@@ -107,6 +107,20 @@ def test_nan_candidate_gets_no_commit_and_is_logged(tmp_path, monkeypatch, tiny_
     ratio = json.loads((out / "ratio.json").read_text())
     assert ratio["rule"] == "committed" and ratio["prune_ratio"] == 0.4
 
+    # p following mu (no reference pass: every micro-dev probe is a candidate's): nothing moves mu, so p stays
+    class NanProbes(train.LossProbe):
+        def __call__(self, model):
+            return float("nan")
+
+    monkeypatch.setattr(controller_run, "LossProbe", NanProbes)
+    out = tmp_path / "d"
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--commit-toward", "policy_mean",
+                            "--probe-examples", 2)) == 0
+    for rec in read_jsonl(out / "history.jsonl"):
+        assert rec["losses"] == [None, None, None] and rec["base_loss"] is None
+        assert rec["mu_next"] == rec["mu"] == 0.4 and rec["p_next"] == rec["p"] == 0.4
+    assert json.loads((out / "ratio.json").read_text())["prune_ratio"] == 0.4
+
 
 @pytest.mark.slow
 def test_killed_at_random_times_leaves_only_whole_files(tmp_path, tiny_model, tiny_adapters, demo_data):

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import (ADVANTAGES, COMMIT_MASKS, CONTROLLERS, IMPORTANCE_REFRESH, PROBE_FROM, PROBE_LOSSES, PROBES,
+from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PROBE_FROM, PROBE_LOSSES, PROBES,
                          RATIO_RULES)
 from .data.records import TASKS
 from .data.splits import SPLITS
@@ -246,6 +246,10 @@ class ControllerOptions(Checked):
     controller_seed: int = opt(42, "seed of the controller's own RNG (separate from data shuffling)")
     importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round",
                                   choices=IMPORTANCE_REFRESH)
+    commit_toward: Optional[str] = opt(None, "where the committed ratio moves each round, by at most Delta: toward the "
+                                             "round's best candidate when it beats the committed ratio's loss "
+                                             "(paper, reinforce), or after the policy mean mu (nes, fit)",
+                                       choices=COMMIT_TOWARD)
     commit_mask: str = opt("bounded", "apply the mask of the bounded committed ratio, or of the unbounded best "
                                       "candidate (the authors' code)", choices=COMMIT_MASKS)
     ratio_rule: Optional[str] = opt(None, "the learned ratio p* (default: the controller's): final policy mean "
@@ -264,6 +268,11 @@ class ControllerOptions(Checked):
                                 "benchmarks/RESULTS.md)", choices=PROBES)
     calibrate_every: int = opt(0, "with --probe taylor: also probe by forward every this many rounds, refitting the "
                                   "estimates' scale (0: only until the first calibration that fits)")
+    probe_examples: Optional[int] = opt(None, "micro-dev examples a round's probes are scored on: the next slice of "
+                                              "the micro-dev set each round (wrapping around), the same for all of a "
+                                              "round's candidates; 0, or more than the set holds: all of it every round "
+                                              "(default: the controller's, 0 for each so far; measured: benchmarks/RESULTS.md, "
+                                              "\"Cheaper probes\")")
     lookahead_steps: int = opt(0, "each probe first trains this many optimizer steps under its mask (on the same "
                                    "training examples for every candidate and the committed ratio's reference), then "
                                    "measures the micro-dev loss; restored exactly after (0: instant masking, the paper)")
@@ -306,7 +315,7 @@ class ControllerOptions(Checked):
         for name, value in CONTROLLERS[self.controller][1].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus"):
+        for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "probe_examples"):
             at_least(self, name, 0)
         above(self, "max_ratio_step", 0)
         if any(not 0 <= r < 1 for r in self.trace_ratios):

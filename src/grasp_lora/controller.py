@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the settings are the command's config: any object with Cont
 
 ADVANTAGES = ("none", "std", "rank")  # r - mean(r) (the paper), also divided by std(r), or NES rank utilities
 COMMIT_MASKS = ("bounded", "candidate")  # the mask of the bounded committed p, or of the best candidate (the authors' code)
+COMMIT_TOWARD = ("best_candidate", "policy_mean")  # p moves toward a round's winner (the authors), or follows mu
 IMPORTANCE_REFRESH = ("once", "every_round")
 PROBE_FROM = ("current", "start")  # a look-ahead probe trains from the run's weights, or from its starting weights
 PROBE_LOSSES = ("micro_dev", "online")  # a look-ahead probe's loss: micro-dev after its steps, or online during them
@@ -123,7 +124,7 @@ class ControllerState:
     # probe taylor: [first, second, measured] of every candidate probed both ways (calibrate)
     calibration: list = field(default_factory=list)
 
-    def observe(self, base_loss: float, candidates: list[float], losses: list, rewards: list) -> None:
+    def observe(self, base_loss: float | None, candidates: list[float], losses: list, rewards: list) -> None:
         """Record one round's probes (at the current p): the best single trial so far, and every probe.
         A NaN (or null, as history.jsonl writes it) loss or reward is left out."""
         finite = lambda x: x is not None and math.isfinite(x)
@@ -224,13 +225,14 @@ def policy_mean(st: ControllerState, s: ControllerOptions) -> float | None:
     return st.mu
 
 
-def _round_points(trials: list, with_base: bool = True) -> list[tuple[float, list[tuple[float, float]]]]:
-    """(committed p, [(ratio, loss), ...]) per round with a finite base loss and at least one finite probe."""
+def _round_points(trials: list) -> list[tuple[float, list[tuple[float, float]]]]:
+    """(committed p, [(ratio, loss), ...]) per round with at least one finite probe; a finite base loss is a probe
+    at p (a round that did not measure it has none)."""
     rounds = []
     for p, base, cands, losses in trials:
         pts = [(c, l) for c, l in zip(cands, losses) if l is not None and math.isfinite(l)]
-        if base is not None and math.isfinite(base) and pts:
-            rounds.append((p, ([(p, base)] if with_base else []) + pts))
+        if pts:
+            rounds.append((p, ([(p, base)] if base is not None and math.isfinite(base) else []) + pts))
     return rounds
 
 
@@ -334,21 +336,21 @@ MIN_SIGMA = 0.02  # the least exploration a scale-free controller keeps: below i
 
 def paper_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
     """The authors' round (SPEC §1.6): REINFORCE on raw advantages, entropy bonus, pull toward p; commit toward
-    the best candidate when its reward is >= 0."""
+    the best candidate when its reward is >= 0 (or, with commit_toward policy_mean, p follows mu)."""
     finite = [r if math.isfinite(r) else min((x for x in rewards if math.isfinite(x)), default=0.0) for r in rewards]
     adv = advantages(finite, s.advantage)
     mu_next, sigma_next = policy_update(st.mu, st.sigma, st.p, candidates, adv, s)
-    p_next, committed, applied = commit_rule(st.p, candidates, rewards, s)
-    return {"advantages": adv, "mu_next": mu_next, "sigma_next": sigma_next, "p_next": p_next,
-            "committed": committed, "applied": applied}
+    return {"advantages": adv, "mu_next": mu_next, "sigma_next": sigma_next,
+            **commit(st.p, mu_next, candidates, rewards, s)}
 
 
 def nes_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
-    """Scale-free: rank utilities, NES steps in units of sigma; p follows mu (bounded by max_ratio_step)."""
+    """Scale-free: rank utilities, NES steps in units of sigma; p follows mu (bounded by max_ratio_step) by default."""
     finite = [r if math.isfinite(r) else -math.inf for r in rewards]  # a NaN trial ranks last
     adv = advantages(finite, "rank")
     mu_next, sigma_next = nes_update(st.mu, st.sigma, candidates, adv, s)
-    return {"advantages": adv, "mu_next": mu_next, "sigma_next": sigma_next, **follow_mu(st.p, mu_next, s)}
+    return {"advantages": adv, "mu_next": mu_next, "sigma_next": sigma_next,
+            **commit(st.p, mu_next, candidates, rewards, s)}
 
 
 def fit_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
@@ -360,24 +362,37 @@ def fit_round(st: ControllerState, candidates: list[float], rewards: list[float]
     else:
         mu_next, sigma_next = fit.argmin, clamp(fit.sd, MIN_SIGMA, initial_sigma(s))
     return {"advantages": advantages([r if math.isfinite(r) else 0.0 for r in rewards]), "mu_next": mu_next,
-            "sigma_next": sigma_next, **follow_mu(st.p, mu_next, s)}
+            "sigma_next": sigma_next, **commit(st.p, mu_next, candidates, rewards, s)}
 
 
-def follow_mu(p: float, mu: float, s: ControllerOptions) -> dict:
-    p_next = move_toward(p, mu, s)
-    return {"p_next": p_next, "committed": p_next, "applied": p_next}
+def commit(p: float, mu_next: float, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
+    """Where the committed ratio goes: toward the round's best candidate (commit_rule), or after the policy mean by
+    at most max_ratio_step, every round (the probes, anchored to the mask the model trains under, then start
+    where mu is rather than where the run began)."""
+    if s.commit_toward == "policy_mean":
+        p_next = move_toward(p, mu_next, s)
+        return {"p_next": p_next, "committed": p_next, "applied": p_next}
+    p_next, committed, applied = commit_rule(p, candidates, rewards, s)
+    return {"p_next": p_next, "committed": committed, "applied": applied}
+
+
+def needs_reference(s: ControllerOptions) -> bool:
+    """Whether a round must measure the committed ratio's loss (the base loss): the commit rule compares candidates
+    with it, `fit` fits it as a probe at p, a taylor calibration measures changes against it. The other updates read
+    only the differences among a round's candidates, so a reward against the round's mean loss moves them the same."""
+    return s.commit_toward == "best_candidate" or s.controller == "fit" or s.probe == "taylor"
 
 
 # name -> (the round's update, what its options default to); the options a user sets win over these
 CONTROLLERS: dict[str, tuple[Callable, dict]] = {
     "paper": (paper_round, dict(ratio_rule="best_trial", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                entropy_bonus=0.01, sigma_lr=0.0)),
+                                entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate", probe_examples=0)),
     "reinforce": (paper_round, dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                    entropy_bonus=0.01, sigma_lr=0.0)),
+                                    entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate", probe_examples=0)),
     "nes": (nes_round, dict(ratio_rule="policy_mean", advantage="rank", policy_lr=1.0, kl_coef=0.0,
-                            entropy_bonus=0.0, sigma_lr=0.6)),
+                            entropy_bonus=0.0, sigma_lr=0.6, commit_toward="policy_mean", probe_examples=0)),
     "fit": (fit_round, dict(ratio_rule="fit", advantage="none", policy_lr=0.0, kl_coef=0.0, entropy_bonus=0.0,
-                            sigma_lr=0.0)),
+                            sigma_lr=0.0, commit_toward="policy_mean", probe_examples=0)),
 }
 
 
@@ -450,14 +465,17 @@ class Controller:
         # lies beyond the calibrated reach (it is refitted on them)
         measured = cal is None or bool(s.calibrate_every and st.rounds % s.calibrate_every == 0) \
             or not all(cal.covers(e) for e in estimates)
-        base_loss = self.base_fn() if measured else 0.0  # estimated rounds: changes against the committed mask
+        # estimated rounds: changes against the committed mask; a rule that needs no reference gets none (None)
+        base_loss = (self.base_fn() if needs_reference(s) else None) if measured else 0.0
         if measured:
             losses = self.probe_fn(candidates)
             if taylor:
                 st.calibration += [[*e, l - base_loss] for e, l in zip(estimates, losses) if math.isfinite(l)]
         else:
             losses = [cal(e) for e in estimates]
-        rewards = [base_loss - l if math.isfinite(l) else float("nan") for l in losses]
+        finite = [l for l in losses if math.isfinite(l)]
+        reference = base_loss if base_loss is not None else (float(np.mean(finite)) if finite else math.nan)
+        rewards = [reference - l if math.isfinite(l) else float("nan") for l in losses]
         record = {"step": step, "p": st.p, "mu": st.mu, "sigma": st.sigma, "candidates": candidates,
                   "base_loss": base_loss, "losses": losses, "rewards": rewards}
         if taylor:

@@ -31,7 +31,10 @@ class SearchHooks(PruneHooks):
         super().__init__(setup, cfg)
         self.tracker = tracker
         micro_dev = LossProbe(setup.examples["micro_dev"], setup.tok.pad_token_id, setup.device, cfg.eval_batch_size)
-        self.loss_fn: Callable[[], float] = lambda: micro_dev(setup.model)
+        self.full_loss: Callable[[], float] = lambda: micro_dev(setup.model)  # the trace's: every round alike
+        sliced = 0 < cfg.probe_examples < len(setup.examples["micro_dev"])
+        self.loss_fn: Callable[[], float] = (lambda: self.round_slice()(setup.model)) if sliced else self.full_loss
+        self._slice: tuple[int, LossProbe] | None = None
         # probe taylor: the gradients of every entry over each round's steps, read before each optimizer step
         self.moments = GradientMoments(setup.model, cfg.batch_size * cfg.grad_accum) if cfg.probe == "taylor" else None
         self.controller = Controller(cfg, self.probe, self.prune_to_scores, self.base_loss, self.trace,
@@ -48,6 +51,15 @@ class SearchHooks(PruneHooks):
                           prune.stashes(setup.model), self.scores())
         # a probe that trains first or starts elsewhere goes through `lookahead` (set up, train, measure, restore)
         self.set_up_probes = bool(cfg.lookahead_steps) or self.start is not None
+
+    def round_slice(self) -> LossProbe:
+        """This round's probe_examples micro-dev examples: round k scores on examples k*n .. k*n + n - 1 (mod the
+        set's size), so a resumed run scores on the same ones."""
+        examples, k, n = self.setup.examples["micro_dev"], self.controller.state.rounds, self.cfg.probe_examples
+        if self._slice is None or self._slice[0] != k:
+            chosen = [examples[(k * n + j) % len(examples)] for j in range(n)]
+            self._slice = k, LossProbe(chosen, self.setup.tok.pad_token_id, self.setup.device, self.cfg.eval_batch_size)
+        return self._slice[1]
 
     def round_scores(self) -> dict[str, torch.Tensor]:
         if self._scores is None or self.cfg.importance_refresh == "every_round":
@@ -75,12 +87,12 @@ class SearchHooks(PruneHooks):
         estimated change against the committed mask (`trace_estimate`)."""
         out = {}
         if self.start is None:
-            instant = probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
+            instant = probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.full_loss)
             out["trace"] = [list(x) for x in zip(ratios, instant)]
         if self.moments is not None:
             out["trace_estimate"] = [list(x) for x in zip(ratios, self.estimate(ratios))]
         if self.set_up_probes:  # micro-dev after the steps, online during them
-            both = [self.lookahead(self.probe_setup, r, micro_dev=True) for r in ratios]
+            both = [self.lookahead(self.probe_setup, r, micro_dev=self.full_loss) for r in ratios]
             out["trace_lookahead"] = [[r, b["micro_dev"]] for r, b in zip(ratios, both)]
             if self.cfg.lookahead_steps:
                 out["trace_online"] = [[r, b["online"]] for r, b in zip(ratios, both)]
@@ -109,15 +121,17 @@ class SearchHooks(PruneHooks):
             group["lr"] = self.cfg.lr
         self.commit(prune.masks_for_ratio(scores, ratio, self.cfg.scope))
 
-    def lookahead(self, apply: Callable[[float], object], ratio: float, micro_dev: bool | None = None) -> dict:
+    def lookahead(self, apply: Callable[[float], object], ratio: float,
+                  micro_dev: Callable[[], float] | None = None) -> dict:
         """`lookahead_steps` optimizer steps under `ratio`'s mask (set up by `apply`), on training examples drawn by
         the round (the same for every candidate); then everything -- weights, optimizer moments, masks, stashes,
         the RNG of dropout -- is restored exactly. Returns the micro-dev loss after the steps (`micro_dev`; NaN when
-        not asked: it costs a pass over the micro-dev set) and the online loss (`online`; NaN without steps): the
+        not asked: it costs a pass over the micro-dev set; `micro_dev` measures it, by default the probes' loss when
+        probe_loss asks for it) and the online loss (`online`; NaN without steps): the
         mean loss of each step's examples before that step trains on them, a held-out measure that costs nothing
         extra."""
-        if micro_dev is None:
-            micro_dev = self.cfg.probe_loss == "micro_dev"
+        if micro_dev is None and self.cfg.probe_loss == "micro_dev":
+            micro_dev = self.loss_fn
         model, cfg, opt = self.setup.model, self.cfg, self.optimizer
         params = trainable(self.setup)
         saved = ([p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()), prune.current_masks(model),
@@ -137,7 +151,7 @@ class SearchHooks(PruneHooks):
                     online += loss.item() / cfg.lookahead_steps
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            return {"micro_dev": self.loss_fn() if micro_dev else math.nan,
+            return {"micro_dev": micro_dev() if micro_dev else math.nan,
                     "online": online if cfg.lookahead_steps else math.nan}
         finally:
             with torch.no_grad():
