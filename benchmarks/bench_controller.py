@@ -133,7 +133,7 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
                 folder = f"search/{v}/p{p0}/seed{s}"
                 info = stage(folder, controller(s, {**opts, "p_init": p0}, folder))
                 if info:
-                    info["history"] = read_jsonl(out / "search" / v / f"p{p0}" / f"seed{s}" / "history.jsonl")
+                    info["history"] = read_jsonl(out / folder / "history.jsonl")
                     searches[v][p0][s] = info
     run_grid(grid_seeds[1:])
     return summarise(name, grid, searches, out)
@@ -149,8 +149,8 @@ def check_stored_options(folder: Path, options: dict) -> None:
     # an option a stage does not record did not exist when it ran: it ran as that option's default does
     differ = sorted(k for k in set(stored) & set(options) if k != "trace_ratios" and stored[k] != options[k])
     if differ:
-        raise SystemExit(f"{done}: this stage ran with " + ", ".join(f"{k}={stored.get(k)!r}" for k in differ)
-                         + "; asked: " + ", ".join(f"{k}={options.get(k)!r}" for k in differ)
+        raise SystemExit(f"{done}: this stage ran with " + ", ".join(f"{k}={stored[k]!r}" for k in differ)
+                         + "; asked: " + ", ".join(f"{k}={options[k]!r}" for k in differ)
                          + ". Name the variant after what it runs (--variant NAME:key=value,...) or delete the stage")
 
 

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PROBE_FROM, PROBE_LOSSES, PROBES,
-                         RATIO_RULES)
+from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PROBE_FROM,
+                         PROBE_LOSSES, PROBES, RATIO_RULES)
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
@@ -268,11 +268,10 @@ class ControllerOptions(Checked):
                                 "benchmarks/RESULTS.md)", choices=PROBES)
     calibrate_every: int = opt(0, "with --probe taylor: also probe by forward every this many rounds, refitting the "
                                   "estimates' scale (0: only until the first calibration that fits)")
-    probe_examples: Optional[int] = opt(None, "micro-dev examples a round's probes are scored on: the next slice of "
-                                              "the micro-dev set each round (wrapping around), the same for all of a "
-                                              "round's candidates; 0, or more than the set holds: all of it every round "
-                                              "(default: the controller's, 0 for each so far; measured: benchmarks/RESULTS.md, "
-                                              "\"Cheaper probes\")")
+    probe_examples: int = opt(0, "micro-dev examples a round's probes are scored on: the next slice of the micro-dev "
+                                 "set each round (wrapping around), the same for all of a round's candidates; 0, or "
+                                 "more than the set holds: all of it every round (measured: benchmarks/RESULTS.md, "
+                                 "\"Cheaper probes\")")
     lookahead_steps: int = opt(0, "each probe first trains this many optimizer steps under its mask (on the same "
                                    "training examples for every candidate and the committed ratio's reference), then "
                                    "measures the micro-dev loss; restored exactly after (0: instant masking, the paper)")
@@ -302,6 +301,7 @@ class ControllerOptions(Checked):
         for name in ("round_every", "group_size"):
             at_least(self, name, 1)
         at_least(self, "lookahead_steps", 0)
+        at_least(self, "probe_examples", 0)
         above(self, "lookahead_batch", 0)
         at_least(self, "converge_sigma", 0)
         at_least(self, "calibrate_every", 0)
@@ -315,7 +315,7 @@ class ControllerOptions(Checked):
         for name, value in CONTROLLERS[self.controller][1].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "probe_examples"):
+        for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus"):
             at_least(self, name, 0)
         above(self, "max_ratio_step", 0)
         if any(not 0 <= r < 1 for r in self.trace_ratios):

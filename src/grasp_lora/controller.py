@@ -386,13 +386,13 @@ def needs_reference(s: ControllerOptions) -> bool:
 # name -> (the round's update, what its options default to); the options a user sets win over these
 CONTROLLERS: dict[str, tuple[Callable, dict]] = {
     "paper": (paper_round, dict(ratio_rule="best_trial", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate", probe_examples=0)),
+                                entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate")),
     "reinforce": (paper_round, dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                    entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate", probe_examples=0)),
+                                    entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate")),
     "nes": (nes_round, dict(ratio_rule="policy_mean", advantage="rank", policy_lr=1.0, kl_coef=0.0,
-                            entropy_bonus=0.0, sigma_lr=0.6, commit_toward="policy_mean", probe_examples=0)),
+                            entropy_bonus=0.0, sigma_lr=0.6, commit_toward="policy_mean")),
     "fit": (fit_round, dict(ratio_rule="fit", advantage="none", policy_lr=0.0, kl_coef=0.0, entropy_bonus=0.0,
-                            sigma_lr=0.0, commit_toward="policy_mean", probe_examples=0)),
+                            sigma_lr=0.0, commit_toward="policy_mean")),
 }
 
 
