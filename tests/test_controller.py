@@ -1,5 +1,6 @@
 """The controller: the policy math, its own RNG, batched micro-dev loss, and the CLI runs end to end."""
 
+import dataclasses
 import json
 import math
 
@@ -15,7 +16,7 @@ from grasp_lora.controller import (CONTROLLERS, Controller, ControllerState, adv
                                    move_toward, nes_update, offline, policy_update, rank_utilities, sample_candidates)
 from grasp_lora.files import read_jsonl
 
-S = ControllerOptions()
+S = ControllerOptions(controller="paper")  # the authors' update, which the by-hand checks follow
 
 
 @pytest.mark.parametrize("argv", [["search", "--data", "d", "--lang", "ar", "--adapters", "a", "b", "--out", "o"],
@@ -27,9 +28,12 @@ def test_defaults_are_the_papers(argv):
     assert (s.policy_lr, s.kl_coef, s.entropy_bonus, s.max_ratio_step, s.controller_seed) == (0.05, 0.05, 0.01, 0.10, 42)
     assert (s.advantage, s.commit_mask, s.importance_refresh) == ("none", "bounded", "once")
     assert math.isclose(initial_sigma(s), 0.7 / 6)
-    assert (s.controller, s.commit_toward, s.probe_examples) == ("reinforce", "best_candidate", 0)
+    # the default scores each round on 2 micro-dev examples, bounds mu's step, and lets p follow mu
+    assert (s.controller, s.commit_toward, s.probe_examples, s.max_policy_step) == ("sliced", "policy_mean", 2, 0.05)
     nes = command_config(make_parser().parse_args(argv + ["--controller", "nes"]))
     assert (nes.commit_toward, nes.probe_examples, nes.ratio_rule) == ("policy_mean", 0, "policy_mean")
+    paper = command_config(make_parser().parse_args(argv + ["--controller", "paper"]))  # the authors' protocol
+    assert (paper.commit_toward, paper.probe_examples, paper.max_policy_step) == ("best_candidate", 0, 0.0)
 
 
 def test_policy_update_by_hand():
@@ -43,6 +47,9 @@ def test_policy_update_by_hand():
     mu_next, sigma_next = policy_update(mu, sigma, p, cands, adv, S)
     assert math.isclose(mu_next, 0.4 + 0.05 * (g_mu - 0.05 * 0.0))
     assert math.isclose(sigma_next, 0.1 + 0.05 * g_sigma + 0.01)
+    # a trust region: the same round moves mu by at most max_policy_step (0.15 -> 0.05), sigma as before
+    capped = policy_update(mu, sigma, p, cands, adv, dataclasses.replace(S, max_policy_step=0.05))
+    assert capped == (pytest.approx(0.45), pytest.approx(sigma_next))
     assert commit_rule(p, cands, rewards, S) == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5))
     assert commit_rule(p, cands, [-1.0, -0.1, -0.2], S) == (p, None, None)
     cand = ControllerOptions(commit_mask="candidate")
@@ -164,7 +171,7 @@ def test_rank_utilities_and_presets():
     paper = ControllerOptions(controller="paper")
     assert (paper.ratio_rule, paper.policy_lr, paper.entropy_bonus) == ("best_trial", 0.05, 0.01)
     assert ControllerOptions(controller="paper", ratio_rule="pooled").ratio_rule == "pooled"  # a set option wins
-    assert set(CONTROLLERS) == {"paper", "reinforce", "nes", "fit"}
+    assert set(CONTROLLERS) == {"paper", "reinforce", "sliced", "nes", "fit"}
 
 
 def test_from_prior_flag():
@@ -243,7 +250,7 @@ def test_search_history_replays_and_is_deterministic(tmp_path, tiny_model, tiny_
     ratio = json.loads((tmp_path / "a" / "ratio.json").read_text())
     assert ratio["by_rule"]["best_trial"] == best[1] and ratio["best_candidate"] == best[1]
     assert ratio["rule"] == "policy_mean" and ratio["prune_ratio"] == a[-1]["mu_next"]  # the default rule
-    assert ratio["controller"] == "reinforce" and isinstance(ratio["from_prior"], bool)
+    assert ratio["controller"] == "sliced" and isinstance(ratio["from_prior"], bool)
     assert ratio["rounds"] == 3
 
 
@@ -281,9 +288,10 @@ def test_search_with_a_learning_controller(tmp_path, tiny_model, tiny_adapters, 
 
 
 def test_probes_score_on_the_rounds_slices_of_the_micro_dev_set(tmp_path, tiny_model, tiny_adapters, demo_data):
-    """--probe-examples 2 on a micro-dev set of 6: round k scores on examples 2k, 2k+1. With the ratio held (p_min =
-    p_max) and a learning rate too small to move the weights, the three rounds' reference losses differ and average
-    to the whole set's loss (the trace's, which always scores on all of it)."""
+    """--probe-examples 2 on a micro-dev set of 6: the three rounds score on one pass over the set, two examples each.
+    With the ratio held (p_min = p_max) and a learning rate too small to move the weights, their reference losses
+    differ and average to the whole set's loss (the trace's, which always scores on all of it); another controller
+    seed pairs the examples otherwise (an order of its own), the same seed again alike."""
     out = tmp_path / "sliced"
     held = ["--p-min", 0.3, "--p-init", 0.3, "--p-max", 0.3, "--lr", "1e-12", "--trace-ratios", 0.3,
             "--commit-toward", "best_candidate"]  # so that each round measures its reference
@@ -294,6 +302,15 @@ def test_probes_score_on_the_rounds_slices_of_the_micro_dev_set(tmp_path, tiny_m
     assert len({round(b, 6) for b in base}) == 3 and all(r["losses"] == [r["base_loss"]] * 3 for r in hist)
     assert np.mean(base) == pytest.approx(hist[0]["trace"][0][1], abs=1e-5)
     assert all(r["trace"][0][1] == pytest.approx(hist[0]["trace"][0][1], abs=1e-5) for r in hist)
+    slices = lambda h: sorted(round(r["base_loss"], 6) for r in h)
+    for seed, alike in ((7, False), (None, True)):
+        again = tmp_path / f"seed{seed}"
+        seed_args = [] if seed is None else ["--controller-seed", seed]
+        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, again, *held, "--probe-examples", 2,
+                                *seed_args)) == 0
+        other = read_jsonl(again / "history.jsonl")
+        assert (slices(other) == slices(hist)) == alike
+        assert np.mean([r["base_loss"] for r in other]) == pytest.approx(np.mean(base), abs=1e-5)
     whole = tmp_path / "whole"  # more than the set holds: all of it, every round
     assert cli(*search_args(tiny_model, tiny_adapters, demo_data, whole, *held, "--probe-examples", 7)) == 0
     assert all(r["base_loss"] == pytest.approx(r["trace"][0][1], abs=1e-6) for r in read_jsonl(whole / "history.jsonl"))

@@ -97,8 +97,10 @@ def test_nan_candidate_gets_no_commit_and_is_logged(tmp_path, monkeypatch, tiny_
 
     monkeypatch.setattr(controller_run, "LossProbe", NanCandidates)
     out = tmp_path / "s"
-    # best_trial has no finite trial to read, so ratio.json falls back to the committed ratio and says so
-    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--ratio-rule", "best_trial")) == 0
+    # best_trial has no finite trial to read, so ratio.json falls back to the committed ratio and says so (the
+    # authors' commit rule, which measures the base loss every round)
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "reinforce",
+                            "--ratio-rule", "best_trial")) == 0
     hist = read_jsonl(out / "history.jsonl")
     assert len(hist) == 3
     for rec in hist:

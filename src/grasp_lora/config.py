@@ -226,10 +226,12 @@ class PruneOptions(Checked):
 class ControllerOptions(Checked):
     """The controller's settings (controller.Controller reads them). `controller` names how a round moves the
     policy; the options left unset (None) take that controller's values (controller.CONTROLLERS)."""
-    controller: str = opt("reinforce", "how the policy learns: paper (the authors' REINFORCE and best_trial rule), "
-                                       "reinforce (the same update, policy_mean rule), nes (scale-free natural-gradient "
-                                       "steps in units of sigma on rank utilities), fit (mu = the minimum of one curve "
-                                       "fitted to every probe of the run, sigma = its uncertainty)",
+    controller: str = opt("sliced", "how the policy learns: paper (the authors' REINFORCE and best_trial rule), "
+                                    "reinforce (the same update, policy_mean rule), sliced (reinforce scored on 2 "
+                                    "micro-dev examples a round, mu's step bounded, p following mu: a tenth of the "
+                                    "probes' cost), nes (scale-free natural-gradient steps in units of sigma on rank "
+                                    "utilities), fit (mu = the minimum of one curve fitted to every probe of the run, "
+                                    "sigma = its uncertainty)",
                           choices=CONTROLLERS)
     p_min: float = opt(0.10, "lowest prune ratio the controller may choose")
     p_max: float = opt(0.80, "highest prune ratio the controller may choose")
@@ -243,12 +245,14 @@ class ControllerOptions(Checked):
     kl_coef: Optional[float] = opt(None, "beta: pull of mu toward the committed ratio (paper/reinforce 0.05)")
     entropy_bonus: Optional[float] = opt(None, "lambda: added to sigma each round (paper/reinforce 0.01)")
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
+    max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
+                                                 "round (sliced 0.05; 0: unbounded, the paper)")
     controller_seed: int = opt(42, "seed of the controller's own RNG (separate from data shuffling)")
     importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round",
                                   choices=IMPORTANCE_REFRESH)
     commit_toward: Optional[str] = opt(None, "where the committed ratio moves each round, by at most Delta: toward the "
                                              "round's best candidate when it beats the committed ratio's loss "
-                                             "(paper, reinforce), or after the policy mean mu (nes, fit)",
+                                             "(paper, reinforce), or after the policy mean mu (sliced, nes, fit)",
                                        choices=COMMIT_TOWARD)
     commit_mask: str = opt("bounded", "apply the mask of the bounded committed ratio, or of the unbounded best "
                                       "candidate (the authors' code)", choices=COMMIT_MASKS)
@@ -268,10 +272,12 @@ class ControllerOptions(Checked):
                                 "benchmarks/RESULTS.md)", choices=PROBES)
     calibrate_every: int = opt(0, "with --probe taylor: also probe by forward every this many rounds, refitting the "
                                   "estimates' scale (0: only until the first calibration that fits)")
-    probe_examples: int = opt(0, "micro-dev examples a round's probes are scored on: the next slice of the micro-dev "
-                                 "set each round (wrapping around), the same for all of a round's candidates; 0, or "
-                                 "more than the set holds: all of it every round (measured: benchmarks/RESULTS.md, "
-                                 "\"Cheaper probes\")")
+    probe_examples: Optional[int] = opt(None, "micro-dev examples a round's probes are scored on: the next slice of "
+                                              "the micro-dev set each round, the same for all of a round's candidates "
+                                              "(passes over the set in an order drawn from the controller seed; sliced "
+                                              "2); 0, or more than the set holds: all of it every round (paper, "
+                                              "reinforce, nes, fit; measured: benchmarks/RESULTS.md, \"Cheaper "
+                                              "probes\")")
     lookahead_steps: int = opt(0, "each probe first trains this many optimizer steps under its mask (on the same "
                                    "training examples for every candidate and the committed ratio's reference), then "
                                    "measures the micro-dev loss; restored exactly after (0: instant masking, the paper)")
@@ -301,7 +307,6 @@ class ControllerOptions(Checked):
         for name in ("round_every", "group_size"):
             at_least(self, name, 1)
         at_least(self, "lookahead_steps", 0)
-        at_least(self, "probe_examples", 0)
         above(self, "lookahead_batch", 0)
         at_least(self, "converge_sigma", 0)
         at_least(self, "calibrate_every", 0)
@@ -315,7 +320,7 @@ class ControllerOptions(Checked):
         for name, value in CONTROLLERS[self.controller][1].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus"):
+        for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "probe_examples", "max_policy_step"):
             at_least(self, name, 0)
         above(self, "max_ratio_step", 0)
         if any(not 0 <= r < 1 for r in self.trace_ratios):

@@ -71,9 +71,16 @@ def policy_update(mu: float, sigma: float, p: float, candidates: list[float], ad
     d = max(sigma ** 2, 1e-4)
     g_mu = float(np.mean(a * (rho - mu) / d))
     g_sigma = float(np.mean(a * ((rho - mu) ** 2 / d - 1.0)))
-    mu_next = clamp(mu + s.policy_lr * (g_mu - s.kl_coef * (mu - p)), s.p_min, s.p_max)
+    mu_next = policy_step(mu, s.policy_lr * (g_mu - s.kl_coef * (mu - p)), s)
     sigma_next = max(1e-3, sigma + s.policy_lr * g_sigma + s.entropy_bonus)
     return mu_next, sigma_next
+
+
+def policy_step(mu: float, step: float, s: ControllerOptions) -> float:
+    """mu moved by `step`, at most max_policy_step (when set), inside [p_min, p_max]."""
+    if s.max_policy_step:
+        step = clamp(step, -s.max_policy_step, s.max_policy_step)
+    return clamp(mu + step, s.p_min, s.p_max)
 
 
 def nes_update(mu: float, sigma: float, candidates: list[float], adv: list[float],
@@ -82,7 +89,7 @@ def nes_update(mu: float, sigma: float, candidates: list[float], adv: list[float
     mu += policy_lr * sigma * sum(a_g eps_g); sigma *= exp(sigma_lr / 2 * sum(a_g (eps_g^2 - 1))), so sigma shrinks
     when the best candidates lie near mu (the rounds agree) and grows when they lie far out."""
     eps, a = (np.asarray(candidates) - mu) / sigma, np.asarray(adv)
-    mu_next = clamp(mu + s.policy_lr * sigma * float(np.sum(a * eps)), s.p_min, s.p_max)
+    mu_next = policy_step(mu, s.policy_lr * sigma * float(np.sum(a * eps)), s)
     sigma_next = clamp(sigma * math.exp(s.sigma_lr / 2 * float(np.sum(a * (eps ** 2 - 1)))),
                        MIN_SIGMA, (s.p_max - s.p_min) / 2)
     return mu_next, sigma_next
@@ -384,15 +391,22 @@ def needs_reference(s: ControllerOptions) -> bool:
 
 
 # name -> (the round's update, what its options default to); the options a user sets win over these
+WHOLE_SET = dict(probe_examples=0, max_policy_step=0.0)  # every micro-dev example every round, mu's step unbounded
 CONTROLLERS: dict[str, tuple[Callable, dict]] = {
     "paper": (paper_round, dict(ratio_rule="best_trial", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate")),
+                                entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate", **WHOLE_SET)),
     "reinforce": (paper_round, dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                    entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate")),
+                                    entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate", **WHOLE_SET)),
+    # the default: the same update on a tenth of the probes' cost (benchmarks/RESULTS.md, "Probes on 2 examples"):
+    # 2 examples a round, no reference pass (p follows mu), and mu's step bounded so that one round's 2 examples
+    # cannot carry it far, where the probes (anchored to the committed mask) would then hold it
+    "sliced": (paper_round, dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05,
+                                 entropy_bonus=0.01, sigma_lr=0.0, commit_toward="policy_mean", probe_examples=2,
+                                 max_policy_step=0.05)),
     "nes": (nes_round, dict(ratio_rule="policy_mean", advantage="rank", policy_lr=1.0, kl_coef=0.0,
-                            entropy_bonus=0.0, sigma_lr=0.6, commit_toward="policy_mean")),
+                            entropy_bonus=0.0, sigma_lr=0.6, commit_toward="policy_mean", **WHOLE_SET)),
     "fit": (fit_round, dict(ratio_rule="fit", advantage="none", policy_lr=0.0, kl_coef=0.0, entropy_bonus=0.0,
-                            sigma_lr=0.0, commit_toward="policy_mean")),
+                            sigma_lr=0.0, commit_toward="policy_mean", **WHOLE_SET)),
 }
 
 

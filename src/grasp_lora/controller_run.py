@@ -53,11 +53,13 @@ class SearchHooks(PruneHooks):
         self.set_up_probes = bool(cfg.lookahead_steps) or self.start is not None
 
     def round_slice(self) -> LossProbe:
-        """This round's probe_examples micro-dev examples: round k scores on examples k*n .. k*n + n - 1 (mod the
-        set's size), so a resumed run scores on the same ones."""
+        """This round's probe_examples micro-dev examples: round k scores on places k*n .. k*n + n - 1 of a sequence
+        of passes over the set, each pass a fresh permutation drawn from (controller_seed, pass), so every example
+        is scored once a pass, runs of different seeds see independent slices, and a resumed run the same ones."""
         examples, k, n = self.setup.examples["micro_dev"], self.controller.state.rounds, self.cfg.probe_examples
         if self._slice is None or self._slice[0] != k:
-            chosen = [examples[(k * n + j) % len(examples)] for j in range(n)]
+            order = lambda q: np.random.default_rng([self.cfg.controller_seed, q]).permutation(len(examples))
+            chosen = [examples[order(t // len(examples))[t % len(examples)]] for t in range(k * n, k * n + n)]
             self._slice = k, LossProbe(chosen, self.setup.tok.pad_token_id, self.setup.device, self.cfg.eval_batch_size)
         return self._slice[1]
 

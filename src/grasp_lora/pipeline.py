@@ -46,9 +46,9 @@ FINAL_KEYS = MERGED_KEYS + ("final_criterion", "reprune")
 CONTROLLER_KEYS = MERGED_KEYS + ("search_criterion", "search_batch_size", "search_grad_accum", "search_max_steps",
                                  "seed", "controller", "p_min", "p_max", "p_init", "sigma_init", "round_every",
                                  "group_size", "policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "max_ratio_step",
-                                 "controller_seed", "probe_examples", "lookahead_steps", "lookahead_batch", "probe_from",
-                                 "probe_loss", "converge_sigma", "importance_refresh", "commit_toward", "commit_mask",
-                                 "ratio_rule", "advantage")
+                                 "max_policy_step", "controller_seed", "probe_examples", "lookahead_steps",
+                                 "lookahead_batch", "probe_from", "probe_loss", "converge_sigma", "importance_refresh",
+                                 "commit_toward", "commit_mask", "ratio_rule", "advantage")
 
 
 @dataclass
