@@ -33,8 +33,10 @@ def test_two_processes_agree_and_match_single_process(tmp_path, tiny_model, tiny
                "--data", demo_data["ar"], "--lang", "ar", "--out", single, "--max-steps", 4, "--grad-accum", 4,
                "--round-every", 2, "--lr", "1e-3", "--device", "cpu") == 0
     single_hist = read_jsonl(single / "history.jsonl")
-    assert [h["committed"] for h in history] == [h["committed"] for h in single_hist]
-    for h, s in zip(history, single_hist):  # equal up to the order of the gradient sum
+    assert len(history) == len(single_hist)
+    for h, s in zip(history, single_hist):  # equal up to the order of the gradient sum (p follows mu by default)
+        assert (h["committed"] is None) == (s["committed"] is None)
+        assert h["committed"] is None or abs(h["committed"] - s["committed"]) < 1e-6
         assert abs(h["mu_next"] - s["mu_next"]) < 1e-6
         assert all(abs(x - y) < 1e-6 for x, y in zip(h["candidates"], s["candidates"]))
     assert json.loads((out / "ratio.json").read_text())["rounds"] == 2
