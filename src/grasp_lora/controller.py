@@ -392,17 +392,16 @@ def needs_reference(s: ControllerOptions) -> bool:
 
 # name -> (the round's update, what its options default to); the options a user sets win over these
 WHOLE_SET = dict(probe_examples=0, max_policy_step=0.0)  # every micro-dev example every round, mu's step unbounded
+REINFORCE = dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05, entropy_bonus=0.01,
+                 sigma_lr=0.0, commit_toward="best_candidate", **WHOLE_SET)  # the authors' update (SPEC §1.6)
 CONTROLLERS: dict[str, tuple[Callable, dict]] = {
-    "paper": (paper_round, dict(ratio_rule="best_trial", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate", **WHOLE_SET)),
-    "reinforce": (paper_round, dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                    entropy_bonus=0.01, sigma_lr=0.0, commit_toward="best_candidate", **WHOLE_SET)),
+    "paper": (paper_round, {**REINFORCE, "ratio_rule": "best_trial"}),
+    "reinforce": (paper_round, REINFORCE),
     # the default: the same update on a tenth of the probes' cost (benchmarks/RESULTS.md, "Probes on 2 examples"):
     # 2 examples a round, no reference pass (p follows mu), and mu's step bounded so that one round's 2 examples
     # cannot carry it far, where the probes (anchored to the committed mask) would then hold it
-    "sliced": (paper_round, dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05,
-                                 entropy_bonus=0.01, sigma_lr=0.0, commit_toward="policy_mean", probe_examples=2,
-                                 max_policy_step=0.05)),
+    "sliced": (paper_round, {**REINFORCE, "commit_toward": "policy_mean", "probe_examples": 2,
+                             "max_policy_step": 0.05}),
     "nes": (nes_round, dict(ratio_rule="policy_mean", advantage="rank", policy_lr=1.0, kl_coef=0.0,
                             entropy_bonus=0.0, sigma_lr=0.6, commit_toward="policy_mean", **WHOLE_SET)),
     "fit": (fit_round, dict(ratio_rule="fit", advantage="none", policy_lr=0.0, kl_coef=0.0, entropy_bonus=0.0,
