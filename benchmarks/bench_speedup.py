@@ -51,9 +51,10 @@ from grasp_lora.pipeline import Experiment, search_batching
 from grasp_lora.report import grid_winner
 
 # The demo corpus's Arabic QA: 40 records to train on, 3 epochs of them per run (about 3 minutes on 2 cores).
-# The controller's round every K steps is set for
-# ROUNDS rounds per run: a round probes G + 1 = 4 micro-dev evaluations of 16 examples whatever K is, so rounds
-# every 10 examples (the authors' K at accumulation 1) would cost about twice the training itself.
+# The controller's round every K steps is set for ROUNDS rounds per run: a round's probes cost the same whatever K
+# is (the default `sliced`: G = 3 candidates on 2 micro-dev examples, about 2 s here), so the rounds, not K, set
+# what the probes add. The paper's protocol (a batch-1 controller run, K = 10) on the demo's 48 records is
+# `--rounds 14 --set target_sizes=48,16,16,32 --set search_batch_size=1 --set search_grad_accum=1`.
 ROUNDS = 10
 DEFAULTS = dict(source_sizes="96,16,0,16", target_sizes="40,16,16,32", lr=1e-3, batch_size=2, grad_accum=3,
                 eval_batch_size=16, patience=0, epochs=3, max_steps=0, seed=42, checkpoint_every=20, max_length=512,
@@ -63,9 +64,9 @@ GOALS = {"grasp": 3.5, "one_run": 6.5}
 # the options only the controller run reads: the controller's own and the experiment's search_*
 CONTROLLER_OPTIONS = {f.name for f in fields(ControllerOptions)} | {
     f.name for f in fields(ExperimentConfig) if f.name.startswith("search_")}
-# measured on the demo corpus (2026-11-25, 2 CPU cores, RESULTS.md): a grid run's seconds outside its training loop
-# and per trained example, a probe round's seconds; only for the duration the output announces
-SECONDS_PER_RUN, SECONDS_PER_EXAMPLE, SECONDS_PER_ROUND = 65, 0.79, 17.7
+# measured on the demo corpus (2026-12-03, 2 CPU cores, RESULTS.md): a grid run's seconds outside its training loop
+# and per trained example, a `sliced` probe round's seconds; only for the duration the output announces
+SECONDS_PER_RUN, SECONDS_PER_EXAMPLE, SECONDS_PER_ROUND = 25, 1.03, 2.3
 
 
 def val_loss(exp: Experiment, data: str, adapter: str) -> float:

@@ -68,6 +68,9 @@ def test_report_renders(tmp_path, experiment):
     runtime = (out / "runtime.md").read_text()
     assert "Adaptive LoRA (grid search)" in runtime and "GRASP LoRA" in runtime and "×" in runtime
     assert "| 3 |" in runtime  # GRASP: the controller run + two final runs
+    share = ratio["probe_seconds"] / (ratio["seconds"] - ratio["probe_seconds"])  # the method's own cost, printed
+    assert (f"{ratio['probe_seconds']:.1f} s of probes in {ratio['seconds']:.1f} s (probe s / training s "
+            f"{share:.2f})") in runtime
     from matplotlib.image import imread
 
     for png in ("controller.png", "metrics.png"):

@@ -126,6 +126,10 @@ def collect(folders: list[str]) -> tuple[list[dict], Histories]:
             metrics = info.with_name("metrics.json")
             run["metrics"] = read_json(metrics, REPORT_FIX) if metrics.is_file() else None
             run["folder"] = str(info.parent)
+            ratio = info.with_name("ratio.json")
+            if run.get("method") == "grasp_search" and ratio.is_file():  # what the runtime table says of its probes
+                r = read_json(ratio, REPORT_FIX)
+                run["probes"] = (r.get("probe_seconds"), r.get("seconds"))
             runs.append(run)
         for h in sorted(root.rglob("history.jsonl")):
             histories.append(controller_history(h))
@@ -201,8 +205,11 @@ def results_markdown(rows: list[dict]) -> str:
 
 def runtime_rows(runs: list[dict]) -> list[dict]:
     groups: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    probes: dict[tuple, list] = defaultdict(list)  # the controller runs' (probe seconds, seconds)
     for r in runs:
         groups[(r["task"], r["lang"])][r["method"]].append(r["seconds"])
+        if None not in r.get("probes", (None,)):
+            probes[(r["task"], r["lang"])].append(r["probes"])
     rows = []
     for (task, lang), by_method in groups.items():
         block = {}
@@ -216,8 +223,17 @@ def runtime_rows(runs: list[dict]) -> list[dict]:
                     block[name]["speedup"] = block["alm_grid"]["minutes"] / block[name]["minutes"]
                     block["alm_grid"]["speedup"] = 1.0
         for name, v in block.items():
+            if name != "alm_grid" and probes[(task, lang)]:
+                v["probe_seconds"], v["controller_seconds"] = map(sum, zip(*probes[(task, lang)]))
             rows.append({"task": task, "lang": lang, "method": name, **v, "paper": PAPER_RUNTIME.get((task, lang))})
     return rows
+
+
+def probe_share(probe_seconds: float | None, seconds: float | None) -> float | None:
+    """A controller run's probe seconds per second of the rest of it (its training)."""
+    if probe_seconds is None or not seconds or seconds <= probe_seconds:
+        return None
+    return probe_seconds / (seconds - probe_seconds)
 
 
 def runtime_markdown(rows: list[dict]) -> str:
@@ -238,6 +254,11 @@ def runtime_markdown(rows: list[dict]) -> str:
                   + " | ".join(pcells) + " |\n")
     out.write("\nAll use the same training loop, data, hardware and stopping rules; GRASP counts its controller run "
               "and every final run, one-run GRASP its controller run alone, the grid every (ratio, seed) run.\n")
+    for r in rows:  # the probes are the method's own cost: what its speed-up rests on
+        share = probe_share(r.get("probe_seconds"), r.get("controller_seconds"))
+        if r["method"] == "grasp" and share is not None:
+            out.write(f"The controller run ({r['task']}, {r['lang']}): {r['probe_seconds']:.1f} s of probes in "
+                      f"{r['controller_seconds']:.1f} s (probe s / training s {share:.2f}).\n")
     return out.getvalue()
 
 
@@ -262,8 +283,8 @@ def how_chosen(histories: Histories) -> str:
                                  else f" (asked {ratio['asked_rule']}: it could not tell)")
         others = ", ".join(f"{k} {v:.3f}" for k, v in ratio.get("by_rule", {}).items()
                            if v is not None and k != ratio["rule"])
-        probe, total = ratio.get("probe_seconds"), ratio.get("seconds")
-        cost = f"{probe / (total - probe):.2f}" if probe is not None and total and total > probe else "—"
+        share = probe_share(ratio.get("probe_seconds"), ratio.get("seconds"))
+        cost = "—" if share is None else f"{share:.2f}"
         lines.append(f"| {src.parent.name} | {ratio['prune_ratio']:.3f} | {asked} | {ratio['rounds']} | "
                      f"{ratio.get('trials', '—')} | {cost} | {best} | {others or '—'} |")
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
