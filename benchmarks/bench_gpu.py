@@ -4,7 +4,8 @@ download), bf16 weights on one CUDA GPU, LoRA factors in fp32 (as PEFT):
 
   - a training step (forward, backward, AdamW) at SEQ tokens: one adapter in PEFT; our merged two-adapter layer;
     PEFT's own two-adapter step (`set_adapter([...])`): tokens/s and peak memory, and our ratios to PEFT's;
-  - one controller round (G = 3 candidate ratios probed on 16 micro-dev examples, then the policy update);
+  - one controller round of the default `sliced` (G = 3 candidate ratios probed on 2 micro-dev examples, then
+    the policy update) and of `reinforce` (on 16, and the committed ratio's), against PEFT's training step;
   - batched greedy generation (8 prompts, 64 new tokens, KV cache): new tokens/s.
 
     python benchmarks/bench_gpu.py                 # the paper's scale: one GPU with about 40 GB free
@@ -24,7 +25,7 @@ import torch
 from grasp_lora import prune
 from grasp_lora.adapter_io import load_adapter, put_on, write_peft_adapter
 from grasp_lora.config import ControllerOptions
-from grasp_lora.controller import Controller, probe as probe_ratios
+from grasp_lora.controller import Controller, needs_reference, probe as probe_ratios
 from grasp_lora.merge import merged_layers
 from grasp_lora.train import LossProbe
 
@@ -146,16 +147,22 @@ def main():
 
     micro = [{"input_ids": t, "labels": t} for t in
              torch.randint(0, config["vocab_size"], (16, min(seq, 512)), generator=g).tolist()]
-    probe = LossProbe(micro, 0, device, batch_size=8)
     scores = prune.CRITERIA["magnitude"](model, lambda: iter(())).scores()
-    controller = Controller(ControllerOptions(), lambda ratios: probe_ratios(model, scores, ratios, "per_tensor",
-                                                                             lambda: probe(model)),
-                            lambda ratio: prune.commit_masks(model, prune.masks_for_ratio(scores, ratio)),
-                            lambda: probe(model))
     model.train()
-    seconds, peak = measure(lambda: controller.round(10), device, 1)
-    print(f"one controller round (G = 3 candidates on 16 micro-dev examples of {min(seq, 512)} tokens): "
-          f"{seconds:.2f} s, peak {peak:.1f} GiB")
+    for name in ("sliced", "reinforce"):  # the default's round, and the authors' (every example, and the reference)
+        s = ControllerOptions(controller=name)
+        examples = micro[:s.probe_examples] if s.probe_examples else micro
+        probe = LossProbe(examples, 0, device, batch_size=8)
+        controller = Controller(s, lambda ratios: probe_ratios(model, scores, ratios, "per_tensor",
+                                                               lambda: probe(model)),
+                                lambda ratio: prune.commit_masks(model, prune.masks_for_ratio(scores, ratio)),
+                                lambda: probe(model))
+        seconds, peak = measure(lambda: controller.round(10), device, 1)
+        reference = ", and the committed ratio's" if needs_reference(s) else ""
+        print(f"one `{name}` controller round (G = {s.group_size} candidates on {len(examples)} micro-dev examples of "
+              f"{min(seq, 512)} tokens{reference}): {seconds:.2f} s = {seconds / peft_one:.2f} PEFT one-adapter "
+              f"training steps (a round every K = 10 steps: probe s / training s about {seconds / peft_one / 10:.2f}), "
+              f"peak {peak:.1f} GiB")
 
     model.eval()
     model.config.use_cache = True
