@@ -129,7 +129,8 @@ def collect(folders: list[str]) -> tuple[list[dict], Histories]:
             ratio = info.with_name("ratio.json")
             if run.get("method") == "grasp_search" and ratio.is_file():  # what the runtime table says of its probes
                 r = read_json(ratio, REPORT_FIX)
-                run["probes"] = (r.get("probe_seconds"), r.get("seconds"))
+                if r.get("probe_seconds") is not None and r.get("seconds"):
+                    run["probes"] = (r["probe_seconds"], r["seconds"])
             runs.append(run)
         for h in sorted(root.rglob("history.jsonl")):
             histories.append(controller_history(h))
@@ -208,7 +209,7 @@ def runtime_rows(runs: list[dict]) -> list[dict]:
     probes: dict[tuple, list] = defaultdict(list)  # the controller runs' (probe seconds, seconds)
     for r in runs:
         groups[(r["task"], r["lang"])][r["method"]].append(r["seconds"])
-        if None not in r.get("probes", (None,)):
+        if "probes" in r:
             probes[(r["task"], r["lang"])].append(r["probes"])
     rows = []
     for (task, lang), by_method in groups.items():
@@ -223,7 +224,7 @@ def runtime_rows(runs: list[dict]) -> list[dict]:
                     block[name]["speedup"] = block["alm_grid"]["minutes"] / block[name]["minutes"]
                     block["alm_grid"]["speedup"] = 1.0
         for name, v in block.items():
-            if name != "alm_grid" and probes[(task, lang)]:
+            if name == "grasp" and probes[(task, lang)]:
                 v["probe_seconds"], v["controller_seconds"] = map(sum, zip(*probes[(task, lang)]))
             rows.append({"task": task, "lang": lang, "method": name, **v, "paper": PAPER_RUNTIME.get((task, lang))})
     return rows
@@ -256,7 +257,7 @@ def runtime_markdown(rows: list[dict]) -> str:
               "and every final run, one-run GRASP its controller run alone, the grid every (ratio, seed) run.\n")
     for r in rows:  # the probes are the method's own cost: what its speed-up rests on
         share = probe_share(r.get("probe_seconds"), r.get("controller_seconds"))
-        if r["method"] == "grasp" and share is not None:
+        if share is not None:
             out.write(f"The controller run ({r['task']}, {r['lang']}): {r['probe_seconds']:.1f} s of probes in "
                       f"{r['controller_seconds']:.1f} s (probe s / training s {share:.2f}).\n")
     return out.getvalue()
