@@ -15,7 +15,7 @@ Cases (default: mlqa-ar, mlqa-zh, demo; the packaged SmolLM2-135M on 2 CPU cores
 grid seed):
   mlqa-ar, mlqa-zh, mlqa-es, mlqa-de   real MLQA v1 dev from ../shared/data (en source adapter, the language as
                                        target)
-  demo                                 the bundled demo corpus (en -> ar QA)
+  demo, demo-zh                        the bundled demo corpus (en -> ar, en -> zh QA)
 or `--data DIR --adapters SRC TGT` for any prepared target folder and trained adapters.
 
 Every stage writes done.json: an interrupted benchmark continues where it stopped (rerun the same command);
@@ -49,8 +49,8 @@ from grasp_lora.prune import CRITERIA
 # authors' batch 1 x accumulation 1 (search_batching).
 COMMON = dict(target_sizes="50,50,16,100", source_sizes="96,16,0,16", lr=1e-3, batch_size=2, grad_accum=3,
               eval_batch_size=16, patience=0, epochs=100, seed=42, checkpoint_every=10)
-CASES = {name: {**data_case(name), **(dict(max_steps=30, max_length=512) if name == "demo" else
-                                       dict(max_steps=25, max_length=256))} for name in CASE_NAMES}
+CASES = {name: {**data_case(name), **(dict(max_steps=30, max_length=512) if name.startswith("demo")
+                                       else dict(max_steps=25, max_length=256))} for name in CASE_NAMES}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

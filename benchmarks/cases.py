@@ -23,18 +23,22 @@ MLQA_TARGETS = ("ar", "zh", "es", "de")
 
 
 def data_case(name: str) -> dict:
-    """The data options of a case: `demo` (the bundled en -> ar QA corpus) or `mlqa-<lang>`."""
+    """The data options of a case: `demo` / `demo-zh` (the bundled en -> ar / en -> zh QA corpus) or
+    `mlqa-<lang>`."""
     from grasp_lora.demo import corpus_file
 
-    if name == "demo":
-        return dict(source_input=str(corpus_file("qa", "en")), target_input=str(corpus_file("qa", "ar")),
-                    target_lang="ar")
+    if name.startswith("demo"):
+        lang = DEMO_TARGETS[name]
+        return dict(source_input=str(corpus_file("qa", "en")), target_input=str(corpus_file("qa", lang)),
+                    target_lang=lang)
     lang = name.removeprefix("mlqa-")
     return dict(source_input=str(MLQA / "dev-context-en-question-en.json"),
                 target_input=str(MLQA / f"dev-context-{lang}-question-{lang}.json"), target_lang=lang)
 
 
-CASE_NAMES = ["demo"] + [f"mlqa-{lang}" for lang in MLQA_TARGETS]
+# The bundled corpus's cases: `demo` is the CLI's demo (en -> ar); `demo-zh` the same corpus's Chinese side.
+DEMO_TARGETS = {"demo": "ar", "demo-zh": "zh"}
+CASE_NAMES = list(DEMO_TARGETS) + [f"mlqa-{lang}" for lang in MLQA_TARGETS]
 
 # Adapters trained this many steps: with adapters trained 30 steps the merged adapter is already good and every
 # extra pruned entry costs val loss (the demo grid's best at p = 0.1, the end of the range); with 10-step
