@@ -5,8 +5,7 @@ loss after each) from the same two adapters. The controller run takes the grid's
 (batch 1 x accumulation 1, the authors' controller run and `run`'s default, is `--set search_batch_size=1 --set
 search_grad_accum=1`: on CPU a micro-batch of 1 costs more per example, a cost of the hardware, not of the method).
 
-  grid       the 8 final runs p in {0.1, ..., 0.8}, one seed; the winner (lowest val loss) is retrained with more
-             seeds for its seed-to-seed spread (not counted in its time)
+  grid       the 8 final runs p in {0.1, ..., 0.8}, one seed; the winner (lowest val loss) is its pick
   GRASP      the controller run (`search`), then one final run at its p*
   one-run    the same controller run, its own adapter exported at p* (`search --export-adapter`): one run
   ASHA       the same 8 points as Ray Tune trials under the ASHA scheduler (successive halving on the val loss of
@@ -14,7 +13,10 @@ search_grad_accum=1`: on CPU a micro-batch of 1 costs more per example, a cost o
 
 It prints each side's wall time (model loading included; adapters, data and scoring excluded: they are common), the
 speed-ups, and each side's quality: the val loss of its exported adapter (read back as PEFT loads it) and EM and
-token F1 on the test split. It also prints the costs behind the speed-up (each run's part outside its training
+token F1 on the test split. Each side's pick is scored as regret on the grid's mean curve over its seed and
+`--curve-seeds` (the grid run again at those seeds after every side has finished, not counted in any side's time):
+on the timed seed alone the grid's and ASHA's picks would score 0 by construction, in sample, and every other pick
+would carry that seed's noise. It also prints the costs behind the speed-up (each run's part outside its training
 loop, seconds per trained example, seconds of probes per controller round) and what they predict at other run
 lengths: the probes cost a fixed amount per round, so the speed-ups grow as runs get longer than the rounds.
 
@@ -24,7 +26,8 @@ English source adapter); `--data DIR --adapters SRC TGT` for any prepared target
 Every stage writes done.json, and scores its own adapter before it ends: rerun the same command to continue an
 interrupted benchmark; `--keep-state DIR` copies the finished stages' records out of runs/ (not kept between
 sessions), for a benchmark longer than a session. The run that tests the goals at a longer scale (all 176 train
-records of the demo corpus, 4 epochs: about 2.2 hours without ASHA, measured; both goals are met there) is
+records of the demo corpus, 4 epochs: about 2.2 hours without ASHA and before the curve seeds, measured; both goals
+are met there; each curve seed adds 7 runs, about 1.4 hours) is
 
     python benchmarks/bench_speedup.py --out runs/bench-speedup-long --no-asha \
         --set target_sizes=176,16,16,32 --set epochs=4
@@ -59,7 +62,7 @@ ROUNDS = 10
 DEFAULTS = dict(source_sizes="96,16,0,16", target_sizes="40,16,16,32", lr=1e-3, batch_size=2, grad_accum=3,
                 eval_batch_size=16, patience=0, epochs=3, max_steps=0, seed=42, checkpoint_every=20, max_length=512,
                 max_new_tokens=16, generate_batch_size=16, ray_workers=1)
-WINNER_SEEDS = [1337, 9001]
+CURVE_SEEDS = [1337, 9001]
 GOALS = {"grasp": 3.5, "one_run": 6.5}
 # the options only the controller run reads: the controller's own and the experiment's search_*
 CONTROLLER_OPTIONS = {f.name for f in fields(ControllerOptions)} | {
@@ -150,6 +153,9 @@ def main():
     ap.add_argument("--adapters", nargs=2, metavar=("SRC", "TGT"), help="trained source and target PEFT adapters")
     ap.add_argument("--lang", default="ar", help="with --data: the target language")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="controller rounds per run (sets K)")
+    ap.add_argument("--curve-seeds", type=int, nargs="+", default=CURVE_SEEDS,
+                    help="the grid's other seeds: the mean curve that scores every side's pick, and the winner's "
+                         "seed-to-seed spread (run last, untimed)")
     ap.add_argument("--asha-reduction-factor", type=int, default=4, help="ASHA's eta (Ray Tune's default: 4)")
     ap.add_argument("--no-asha", action="store_true", help="leave ASHA out (it can cost as much as the grid)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option")
@@ -182,9 +188,9 @@ def main():
     steps = cfg.epochs * math.ceil(n_train / per_step)
     search_steps = cfg.epochs * math.ceil(n_train / (cfg.search_batch_size * cfg.search_grad_accum))
     k = max(1, search_steps // args.rounds)
-    # runs: 8 grid + 2 more seeds + the final run + the controller run (about one run and its probes); ASHA at most
-    # the grid again
-    runs = len(GRID) + len(WINNER_SEEDS) + 2 + (0 if args.no_asha else len(GRID))
+    # runs: the grid at every seed + the final run + the controller run (about one run and its probes); ASHA at
+    # most the grid again
+    runs = len(GRID) * (1 + len(args.curve_seeds)) + 2 + (0 if args.no_asha else len(GRID))
     hours = (runs * (SECONDS_PER_RUN + cfg.epochs * n_train * SECONDS_PER_EXAMPLE)
              + args.rounds * SECONDS_PER_ROUND) / 3600
     print(f"bench_speedup: {cfg.model}, {cfg.source_lang} -> {cfg.target_lang} qa, {n_train} train examples, "
@@ -226,9 +232,9 @@ def main():
 
     search = exp.stage("grasp/search", controller, {**deps, "rounds": args.rounds})
     final = exp.stage("grasp/final", run(search["prune_ratio"], cfg.seed), {**run_deps, "p": search["prune_ratio"]})
-    # last: the winner's other seeds, for its seed-to-seed spread (the speed-ups are on disk before them)
-    spread = [grid[winner]] + [exp.stage(f"grid/p{winner}/seed{s}", run(winner, s, scored=False), run_deps)
-                               for s in WINNER_SEEDS]
+    # last, untimed (the speed-ups are on disk before them): the grid's other seeds, the winner's first
+    others = {p: [exp.stage(f"grid/p{p}/seed{s}", run(p, s, scored=False), run_deps)["val_loss"]
+                  for s in args.curve_seeds] for p in [winner] + [p for p in GRID if p != winner]}
     sides = {"grid": ([grid[p]["run_seconds"] for p in GRID], grid[winner]["quality"], winner),
              "grasp": ([search["run_seconds"], final["run_seconds"]], final["quality"], search["prune_ratio"]),
              "one_run": ([search["run_seconds"]], search["quality"], search["prune_ratio"])}
@@ -237,12 +243,14 @@ def main():
         sides["asha"] = ([ashas["run_seconds"]], ashas["quality"], ashas["prune_ratio"])
 
     grid_s = sum(sides["grid"][0])
-    seeds_val = [s["val_loss"] for s in spread]
+    seeds_val = [grid[winner]["val_loss"]] + others[winner]
     lo, hi = min(seeds_val), max(seeds_val)
+    seeds = ", ".join(map(str, [cfg.seed] + args.curve_seeds))
     print("grid val loss: " + "  ".join(f"{p}:{grid[p]['val_loss']:.4f}" for p in GRID))
-    print(f"grid winner p = {winner}: val loss over seeds {cfg.seed}, {', '.join(map(str, WINNER_SEEDS))}: "
+    curve = {p: float(np.mean([grid[p]["val_loss"]] + others[p])) for p in GRID}
+    print(f"grid mean val loss over seeds {seeds}: " + "  ".join(f"{p}:{v:.4f}" for p, v in curve.items()))
+    print(f"grid winner p = {winner}: val loss over seeds {seeds}: "
           + ", ".join(f"{v:.4f}" for v in seeds_val) + f" (spread {lo:.4f}..{hi:.4f})")
-    curve = {p: grid[p]["val_loss"] for p in GRID}  # seed cfg.seed's
     regret = lambda p: (interpolate(curve, p) - min(curve.values())) / (max(curve.values()) - min(curve.values()))
     print(f"{'side':<9}{'runs':>5}{'wall min':>10}{'speed-up':>10}{'p':>7}{'regret':>8}{'val loss':>10}{'EM':>7}"
           f"{'F1':>7}  within the winner's seed spread")
@@ -252,8 +260,8 @@ def main():
         within = "yes" if q["val_loss"] <= hi else f"no (+{q['val_loss'] - hi:.4f})"
         print(f"{name:<9}{runs:>5.2g}{sum(seconds) / 60:>10.2f}{grid_s / sum(seconds):>9.2f}x{p:>7.3f}{regret(p):>8.3f}"
               f"{q['val_loss']:>10.4f}{q['exact_match']:>7.2f}{q['f1']:>7.2f}  {within}")
-    print("regret: the side's p on the grid's val-loss curve (seed " + str(cfg.seed) + "), normalised: 0 = the grid's "
-          "best p, 1 = its worst")
+    print(f"regret: the side's p on the grid's mean val-loss curve (seeds {seeds}), normalised: 0 = the curve's best "
+          "p, 1 = its worst")
     for name, goal in GOALS.items():
         got = grid_s / sum(sides[name][0])
         print(f"goal {name}: >= {goal}x -> {got:.2f}x, {'met' if got >= goal else 'NOT met'}")

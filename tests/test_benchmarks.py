@@ -27,9 +27,16 @@ def bench_speedup(*args) -> str:
 def test_bench_speedup_runs_and_its_kept_state_continues_it(tiny_model, tmp_path):
     out, keep = tmp_path / "bench", tmp_path / "kept"
     args = ["--model", tiny_model, "--out", out, "--no-asha", "--rounds", 2, "--set", "epochs=1",
-            "--set", "target_sizes=8,4,4,4", "--set", "source_sizes=8,4,0,4"]
+            "--set", "target_sizes=8,4,4,4", "--set", "source_sizes=8,4,0,4", "--curve-seeds", 1337]
     first = bench_speedup(*args)
     report = first[first.index("grid val loss"):]
+    # every side's pick is scored on the mean curve of both seeds, the grid's own pick included (not 0 by construction)
+    one, two = ({float(p): float(v) for p, v in (kv.split(":") for kv in line.split(": ", 1)[1].split())}
+                for line in report.splitlines()[:2])
+    mean = {p: (one[p] + float(json.loads((out / f"grid/p{p}/seed1337/done.json").read_text())["val_loss"])) / 2
+            for p in one}
+    assert report.splitlines()[1].startswith("grid mean val loss over seeds 42, 1337") and two == pytest.approx(
+        {p: round(v, 4) for p, v in mean.items()}, abs=1e-4)
     rows = {line.split()[0]: line.split() for line in report.splitlines()
             if line.split() and line.split()[0] in ("grid", "grasp", "one_run")}
     assert set(rows) == {"grid", "grasp", "one_run"}
