@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import (ADAPTER_STEPS, CASE_NAMES, GRID, check_adapters, data_and_adapters, data_case, final_run,
-                   interpolate, keep_state)
+from cases import (ADAPTER_STEPS, CASE_NAMES, DEMO_TARGETS, GRID, check_adapters, data_and_adapters, data_case,
+                   final_run,                   interpolate, keep_state)
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
 from grasp_lora.controller import CONTROLLERS, RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.files import read_jsonl, write_json
@@ -49,7 +49,7 @@ from grasp_lora.prune import CRITERIA
 # authors' batch 1 x accumulation 1 (search_batching).
 COMMON = dict(target_sizes="50,50,16,100", source_sizes="96,16,0,16", lr=1e-3, batch_size=2, grad_accum=3,
               eval_batch_size=16, patience=0, epochs=100, seed=42, checkpoint_every=10)
-CASES = {name: {**data_case(name), **(dict(max_steps=30, max_length=512) if name.startswith("demo")
+CASES = {name: {**data_case(name), **(dict(max_steps=30, max_length=512) if name in DEMO_TARGETS
                                        else dict(max_steps=25, max_length=256))} for name in CASE_NAMES}
 
 

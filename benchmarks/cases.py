@@ -27,7 +27,7 @@ def data_case(name: str) -> dict:
     `mlqa-<lang>`."""
     from grasp_lora.demo import corpus_file
 
-    if name.startswith("demo"):
+    if name in DEMO_TARGETS:
         lang = DEMO_TARGETS[name]
         return dict(source_input=str(corpus_file("qa", "en")), target_input=str(corpus_file("qa", lang)),
                     target_lang=lang)

@@ -40,6 +40,9 @@ def test_bench_speedup_runs_and_its_kept_state_continues_it(tiny_model, tmp_path
     rows = {line.split()[0]: line.split() for line in report.splitlines()
             if line.split() and line.split()[0] in ("grid", "grasp", "one_run")}
     assert set(rows) == {"grid", "grasp", "one_run"}
+    winner = min(one, key=one.get)  # the grid's pick, by seed 42 alone; scored on the mean curve
+    assert float(rows["grid"][5]) == pytest.approx((mean[winner] - min(mean.values()))
+                                                   / (max(mean.values()) - min(mean.values())), abs=1e-3)
     assert [rows[s][1] for s in ("grid", "grasp", "one_run")] == ["8", "2", "1"]
     assert rows["grid"][3] == "1.00x" and float(rows["one_run"][3].rstrip("x")) > 1
     assert "ASHA: not run (--no-asha)" in report and "goal grasp" in report
