@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from cases import (ADAPTER_STEPS, CASE_NAMES, DEMO_TARGETS, GRID, check_adapters, data_and_adapters, data_case,
-                   final_run,                   interpolate, keep_state)
+                   final_run, interpolate, keep_state)
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
 from grasp_lora.controller import CONTROLLERS, RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.files import read_jsonl, write_json
