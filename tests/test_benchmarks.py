@@ -1,6 +1,7 @@
 """The benchmarks are code too: bench_speedup end to end on the tiny model, and its kept state continues it;
 bench_controller's yardsticks and replay_controller on hand-made stage records."""
 
+import copy
 import json
 import os
 import re
@@ -141,6 +142,18 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
     text = bc.report(a) + bc.overall(results)
     assert "discriminating power" in text and "best constant on the other cases (p = 0.7)" in text
     assert "grid of one seed (picks 0.2 0.2), on the others" in text
+    # the targets a controller that learns must meet: both cases resolve (power 25), fit found both optima
+    assert ("fit against the targets: regret <= 0.10 in 2 of 2 cells of power >= 3; per-start mean p* within 0.15 "
+            "on 2 of 2 such cases; over all 0.000, at most half the start held (0.090): yes; below the leave-one-out "
+            "constant (0.694): yes") in text
+    assert "on the cases of power >= 3: a 0.000, b 0.000; above 0.10 on 0 of 2" in text
+    # a controller that kept its start: the start held's regret is its own
+    kept = copy.deepcopy(results)
+    for r in kept:
+        info = r["variants"]["fit"]["0.4"]
+        info["rules"]["fit"]["regret"] = info["start_regret"]
+    assert ("regret <= 0.10 in 0 of 2 cells of power >= 3; per-start mean p* within 0.15 on 2 of 2 such cases; over "
+            "all 0.181, at most half the start held (0.090): no") in bc.verdict("fit", kept, 0.694)
     assert (tmp_path / "a" / "controller_vs_grid.png").stat().st_size > 0
 
     # a trace: the loss at every grid ratio each round -- the replay scores any controller on it

@@ -58,6 +58,20 @@ def test_policy_update_by_hand():
     assert np.allclose(advantages([1.0, 2.0, 3.0], "std"), np.array([-1, 0, 1]) / np.std([1, 2, 3]), atol=1e-6)
 
 
+
+def test_sliced_keeps_sigma_above_its_floor():
+    """A stored MLQA de round (sliced from 0.6, seed 1337, step 40): the far candidate lost by a nat on that round's
+    two examples and the raw-advantage step took sigma from 0.056 to the paper's floor, 1e-3, leaving later rounds'
+    candidates 0.001 apart. The default keeps sigma at 0.02 or above; the paper keeps its own floor."""
+    mu, sigma, cands, adv = 0.663, 0.0556, [0.658, 0.781, 0.692], [0.688, -1.063, 0.375]
+    sliced, paper = ControllerOptions(), ControllerOptions(controller="paper")
+    assert policy_update(mu, sigma, mu, cands, adv, paper)[1] == pytest.approx(1e-3)
+    assert policy_update(mu, sigma, mu, cands, adv, sliced)[1] == pytest.approx(0.02)
+    assert (sliced.sigma_floor, paper.sigma_floor) == (0.02, 1e-3)
+    # a round whose rewards do not say to narrow leaves both the same
+    assert policy_update(0.4, 0.1, 0.4, [0.3, 0.5, 0.6], advantages([0.0, 0.3, 0.6]), paper)[1] == pytest.approx(
+        policy_update(0.4, 0.1, 0.4, [0.3, 0.5, 0.6], advantages([0.0, 0.3, 0.6]), sliced)[1])
+
 def test_candidates_clamped_and_rng_is_own():
     """The Controller's draws depend on controller_seed only: global torch/numpy seeding and other
     consumers of those RNGs between rounds do not change them; another controller_seed does."""

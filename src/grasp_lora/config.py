@@ -244,6 +244,8 @@ class ControllerOptions(Checked):
     sigma_lr: Optional[float] = opt(None, "nes: learning rate of log sigma (0.6)")
     kl_coef: Optional[float] = opt(None, "beta: pull of mu toward the committed ratio (paper/reinforce 0.05)")
     entropy_bonus: Optional[float] = opt(None, "lambda: added to sigma each round (paper/reinforce 0.01)")
+    sigma_floor: Optional[float] = opt(None, "the least sigma the policy keeps (paper/reinforce 1e-3; sliced, nes, fit "
+                                           "0.02: below it a round's candidates differ by noise only)")
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
     max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
                                                  "round (sliced 0.05; 0: unbounded, the paper)")
@@ -322,6 +324,7 @@ class ControllerOptions(Checked):
                 setattr(self, name, value)
         for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "probe_examples", "max_policy_step"):
             at_least(self, name, 0)
+        above(self, "sigma_floor", 0)
         above(self, "max_ratio_step", 0)
         if any(not 0 <= r < 1 for r in self.trace_ratios):
             raise OptionError({"trace_ratios": self.trace_ratios}, "every ratio must lie in [0, 1)")

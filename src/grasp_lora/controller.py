@@ -72,7 +72,7 @@ def policy_update(mu: float, sigma: float, p: float, candidates: list[float], ad
     g_mu = float(np.mean(a * (rho - mu) / d))
     g_sigma = float(np.mean(a * ((rho - mu) ** 2 / d - 1.0)))
     mu_next = policy_step(mu, s.policy_lr * (g_mu - s.kl_coef * (mu - p)), s)
-    sigma_next = max(1e-3, sigma + s.policy_lr * g_sigma + s.entropy_bonus)
+    sigma_next = max(s.sigma_floor, sigma + s.policy_lr * g_sigma + s.entropy_bonus)
     return mu_next, sigma_next
 
 
@@ -91,7 +91,7 @@ def nes_update(mu: float, sigma: float, candidates: list[float], adv: list[float
     eps, a = (np.asarray(candidates) - mu) / sigma, np.asarray(adv)
     mu_next = policy_step(mu, s.policy_lr * sigma * float(np.sum(a * eps)), s)
     sigma_next = clamp(sigma * math.exp(s.sigma_lr / 2 * float(np.sum(a * (eps ** 2 - 1)))),
-                       MIN_SIGMA, (s.p_max - s.p_min) / 2)
+                       s.sigma_floor, (s.p_max - s.p_min) / 2)
     return mu_next, sigma_next
 
 
@@ -338,7 +338,7 @@ def ratios_by_rule(st: ControllerState, s: ControllerOptions) -> dict[str, float
 
 # ------------------------------------------------------------------ controllers: how a round moves the policy
 
-MIN_SIGMA = 0.02  # the least exploration a scale-free controller keeps: below it probes differ by noise only
+MIN_SIGMA = 0.02  # the least exploration sliced, nes and fit keep: below it a round's probes differ by noise only
 
 
 def paper_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
@@ -362,12 +362,12 @@ def nes_round(st: ControllerState, candidates: list[float], rewards: list[float]
 
 def fit_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
     """Model-based: mu is the minimum of the curve fitted to every probe so far (CurveFit), sigma its uncertainty
-    (between MIN_SIGMA and the prior sigma). Call after `observe`."""
+    (between sigma_floor and the prior sigma). Call after `observe`."""
     fit = run_fit(st, s)
     if fit is None:
         mu_next, sigma_next = st.mu, st.sigma
     else:
-        mu_next, sigma_next = fit.argmin, clamp(fit.sd, MIN_SIGMA, initial_sigma(s))
+        mu_next, sigma_next = fit.argmin, clamp(fit.sd, s.sigma_floor, initial_sigma(s))
     return {"advantages": advantages([r if math.isfinite(r) else 0.0 for r in rewards]), "mu_next": mu_next,
             "sigma_next": sigma_next, **commit(st.p, mu_next, candidates, rewards, s)}
 
@@ -393,19 +393,23 @@ def needs_reference(s: ControllerOptions) -> bool:
 # name -> (the round's update, what its options default to); the options a user sets win over these
 WHOLE_SET = dict(probe_examples=0, max_policy_step=0.0)  # every micro-dev example every round, mu's step unbounded
 REINFORCE = dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.05, kl_coef=0.05, entropy_bonus=0.01,
-                 sigma_lr=0.0, commit_toward="best_candidate", **WHOLE_SET)  # the authors' update (SPEC §1.6)
+                 sigma_lr=0.0, sigma_floor=1e-3, commit_toward="best_candidate",
+                 **WHOLE_SET)  # the authors' update (SPEC §1.6)
 CONTROLLERS: dict[str, tuple[Callable, dict]] = {
     "paper": (paper_round, {**REINFORCE, "ratio_rule": "best_trial"}),
     "reinforce": (paper_round, REINFORCE),
     # the default: the same update on a tenth of the probes' cost (benchmarks/RESULTS.md, "Probes on 2 examples"):
     # 2 examples a round, no reference pass (p follows mu), and mu's step bounded so that one round's 2 examples
-    # cannot carry it far, where the probes (anchored to the committed mask) would then hold it
+    # cannot carry it far, where the probes (anchored to the committed mask) would then hold it; and sigma kept at
+    # MIN_SIGMA or above: the raw-advantage sigma step grows with a round's loss differences, and
+    # one round of two examples with a far candidate losing by a nat drove it to the paper's floor, 1e-3 (MLQA de)
     "sliced": (paper_round, {**REINFORCE, "commit_toward": "policy_mean", "probe_examples": 2,
-                             "max_policy_step": 0.05}),
+                             "max_policy_step": 0.05, "sigma_floor": MIN_SIGMA}),
     "nes": (nes_round, dict(ratio_rule="policy_mean", advantage="rank", policy_lr=1.0, kl_coef=0.0,
-                            entropy_bonus=0.0, sigma_lr=0.6, commit_toward="policy_mean", **WHOLE_SET)),
+                            entropy_bonus=0.0, sigma_lr=0.6, sigma_floor=MIN_SIGMA, commit_toward="policy_mean",
+                            **WHOLE_SET)),
     "fit": (fit_round, dict(ratio_rule="fit", advantage="none", policy_lr=0.0, kl_coef=0.0, entropy_bonus=0.0,
-                            sigma_lr=0.0, commit_toward="policy_mean", **WHOLE_SET)),
+                            sigma_lr=0.0, sigma_floor=MIN_SIGMA, commit_toward="policy_mean", **WHOLE_SET)),
 }
 
 

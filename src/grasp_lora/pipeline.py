@@ -45,10 +45,10 @@ MERGED_KEYS = TRAIN_KEYS + ("merge_form",)
 FINAL_KEYS = MERGED_KEYS + ("final_criterion", "reprune")
 CONTROLLER_KEYS = MERGED_KEYS + ("search_criterion", "search_batch_size", "search_grad_accum", "search_max_steps",
                                  "seed", "controller", "p_min", "p_max", "p_init", "sigma_init", "round_every",
-                                 "group_size", "policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "max_ratio_step",
-                                 "max_policy_step", "controller_seed", "probe_examples", "lookahead_steps",
-                                 "lookahead_batch", "probe_from", "probe_loss", "converge_sigma", "importance_refresh",
-                                 "commit_toward", "commit_mask", "ratio_rule", "advantage")
+                                 "group_size", "policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "sigma_floor",
+                                 "max_ratio_step", "max_policy_step", "controller_seed", "probe_examples",
+                                 "lookahead_steps", "lookahead_batch", "probe_from", "probe_loss", "converge_sigma",
+                                 "importance_refresh", "commit_toward", "commit_mask", "ratio_rule", "advantage")
 
 
 @dataclass
