@@ -198,6 +198,17 @@ def one_seed_grid(complete: dict[float, dict[int, float]]) -> dict | None:
             "regret": float(np.mean([norm(p, [o for o in seeds if o != s]) for s, p in picks.items()]))}
 
 
+def probe_slopes(histories: list[list[dict]]) -> dict | None:
+    """Each round's least-squares slope of probe loss on ratio (nats per unit ratio), over every round of the runs
+    given: the direction the controller was told, set beside the trained curve's slope. Rounds whose candidates
+    coincide tell no direction and are left out."""
+    rounds = [(np.asarray(h["candidates"], float), np.asarray(h["losses"], float)) for hist in histories for h in hist]
+    slopes = [float(np.polyfit(c, loss, 1)[0]) for c, loss in rounds if np.ptp(c) > 1e-6 and np.isfinite(loss).all()]
+    if not slopes:
+        return None
+    return {"rounds": len(slopes), "rising": float(np.mean(np.array(slopes) > 0)), "median": float(np.median(slopes))}
+
+
 def common_seeds(grid: dict[float, dict[int, float]]) -> dict[float, dict[int, float]]:
     """The ratios run so far, each with only the seeds run at all of them: a seed still part-way would tilt the mean
     curve where it has run. Empty when no seed is common to them."""
@@ -234,6 +245,9 @@ def summarise(name: str, grid: dict, searches: dict, out: Path) -> dict:
               "random_regret": (float(np.mean(list(curve.values()))) - lo) / (hi - lo),
               "power": discriminating_power(complete), "grid_seeds": min(len(v) for v in complete.values()),
               "one_seed_grid": one_seed_grid(complete),
+              "grid_slope": float(np.polyfit(GRID, [curve[p] for p in GRID], 1)[0]),
+              "probes": {v: probe_slopes([r["history"] for runs in by_start.values() for r in runs.values()])
+                         for v, by_start in searches.items()},
               "variants": {}}
     for v, by_start in searches.items():
         result["variants"][v] = {}
@@ -349,6 +363,10 @@ def report(r: dict) -> str:
         lines.append(f"  {'best constant on the other cases (p = ' + str(r['loo_constant']['p']) + ')':<60}"
                      f"{r['loo_constant']['regret']:>7.3f}")
     lines.append("  (* the controller's own rule; probe/train s: probe seconds over the rest of the controller run)")
+    for v, pr in r.get("probes", {}).items():
+        if pr:  # does what the probes say point where training at a ratio goes?
+            lines.append(f"  {v} probes: loss rose with the ratio in {pr['rising']:.0%} of {pr['rounds']} rounds, median "
+                         f"slope {pr['median']:+.3f} nats per unit ratio; the grid's trained curve {r['grid_slope']:+.3f}")
     for v, by_start in r["variants"].items():
         for p0, info in by_start.items():
             for s, path in info["mu_path"].items():

@@ -142,6 +142,14 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
     text = bc.report(a) + bc.overall(results)
     assert "discriminating power" in text and "best constant on the other cases (p = 0.7)" in text
     assert "grid of one seed (picks 0.2 0.2), on the others" in text
+    # the least-squares slope of (p - 0.2)^2 over evenly spaced p is 2 * mean(p) - 0.4 = 0.5
+    assert "fit probes: loss rose with the ratio in" in text and "the grid's trained curve +0.500" in text
+    # the probes' direction: slopes +1 and -2; coinciding candidates and a failed probe tell none
+    rounds = [{"candidates": [0.1, 0.2, 0.3], "losses": [1.0, 1.1, 1.2]},
+              {"candidates": [0.3, 0.5, 0.4], "losses": [2.0, 1.6, 1.8]},
+              {"candidates": [0.4, 0.4, 0.4], "losses": [1.0, 2.0, 3.0]},
+              {"candidates": [0.1, 0.2, 0.3], "losses": [1.0, None, 1.0]}]
+    assert bc.probe_slopes([rounds[:2], rounds[2:]]) == pytest.approx({"rounds": 2, "rising": 0.5, "median": -0.5})
     # the targets a controller that learns must meet: both cases resolve (power 25), fit found both optima
     assert ("fit against the targets: regret <= 0.10 in 2 of 2 cells of power >= 3; per-start mean p* within 0.15 "
             "on 2 of 2 such cases; over all 0.000, at most half the start held (0.090): yes; below the leave-one-out "
