@@ -58,7 +58,6 @@ def test_policy_update_by_hand():
     assert np.allclose(advantages([1.0, 2.0, 3.0], "std"), np.array([-1, 0, 1]) / np.std([1, 2, 3]), atol=1e-6)
 
 
-
 def test_sliced_keeps_sigma_above_its_floor():
     """A stored MLQA de round (sliced from 0.6, seed 1337, step 40): the far candidate lost by a nat on that round's
     two examples and the raw-advantage step took sigma from 0.056 to the paper's floor, 1e-3, leaving later rounds'
@@ -71,6 +70,7 @@ def test_sliced_keeps_sigma_above_its_floor():
     # a round whose rewards do not say to narrow leaves both the same
     assert policy_update(0.4, 0.1, 0.4, [0.3, 0.5, 0.6], advantages([0.0, 0.3, 0.6]), paper)[1] == pytest.approx(
         policy_update(0.4, 0.1, 0.4, [0.3, 0.5, 0.6], advantages([0.0, 0.3, 0.6]), sliced)[1])
+
 
 def test_candidates_clamped_and_rng_is_own():
     """The Controller's draws depend on controller_seed only: global torch/numpy seeding and other
