@@ -94,7 +94,10 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
         # another controller: the options the case's config resolved from its own controller's preset go back to
         # unset, so they take this controller's values (those the variant names itself still win)
         reset = {k: None for k in CONTROLLERS[opts["controller"]][1]} if "controller" in opts else {}
-        run_cfg = build(SearchConfig, overrides={**search_cfg.__dict__, **reset, **opts}, source="variant")
+        # pair draws nothing from its RNG: its seeds are data seeds (else its three runs would be one)
+        data_seed = {"seed": seed} if opts.get("controller", cfg.controller) == "pair" else {}
+        run_cfg = build(SearchConfig, overrides={**search_cfg.__dict__, **reset, **opts, **data_seed},
+                        source="variant")
         options = {f.name: getattr(run_cfg, f.name) for f in fields(ControllerOptions)}
         check_stored_options(out / folder, options)
 

@@ -231,12 +231,15 @@ class ControllerOptions(Checked):
                                     "micro-dev examples a round, mu's step bounded, p following mu: a tenth of the "
                                     "probes' cost), nes (scale-free natural-gradient steps in units of sigma on rank "
                                     "utilities), fit (mu = the minimum of one curve fitted to every probe of the run, "
-                                    "sigma = its uncertainty)",
+                                    "sigma = its uncertainty), pair (two members trained side by side at the "
+                                    "centre -/+ --pair-gap on the same examples, each scored at its own ratio; the "
+                                    "centre steps toward the one ahead: a grid run's comparison, inside one run, at "
+                                    "twice its training)",
                           choices=CONTROLLERS)
     p_min: float = opt(0.10, "lowest prune ratio the controller may choose")
     p_max: float = opt(0.80, "highest prune ratio the controller may choose")
     p_init: float = opt(0.40, "initial committed ratio p and policy mean mu")
-    sigma_init: Optional[float] = opt(None, "initial policy std (default (p_max - p_min) / 6)")
+    sigma_init: Optional[float] = opt(None, "initial policy std (default (p_max - p_min) / 6; pair: the centre's first step, 0.05)")
     round_every: int = opt(10, "K: optimizer steps between controller rounds")
     group_size: int = opt(3, "G: candidate ratios probed per round")
     policy_lr: Optional[float] = opt(None, "eta: policy learning rate (paper/reinforce 0.05; nes: the step of mu in "
@@ -245,10 +248,17 @@ class ControllerOptions(Checked):
     kl_coef: Optional[float] = opt(None, "beta: pull of mu toward the committed ratio (paper/reinforce 0.05)")
     entropy_bonus: Optional[float] = opt(None, "lambda: added to sigma each round (paper/reinforce 0.01)")
     sigma_floor: Optional[float] = opt(None, "the least sigma the policy keeps (paper/reinforce 1e-3; sliced, nes, fit "
-                                           "0.02: below it a round's candidates differ by noise only)")
+                                           "0.02: below it a round's candidates differ by noise only; pair 0.01)")
+    pair_gap: float = opt(0.10, "pair: each member's distance from the centre ratio (the members train at centre "
+                                "-/+ it, inside [p_min, p_max])")
+    hold_rounds: int = opt(10, "pair: rounds before the centre moves (the members first train apart: a trained ratio's "
+                               "advantage shows only after about 100 examples, benchmarks/RESULTS.md)")
+    pair_smoothing: float = opt(0.8, "pair: the centre steps on an exponential moving average of the members' "
+                                     "difference over the rounds after the hold, with this weight on the past (0: "
+                                     "each round's own difference)")
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
     max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
-                                                 "round (sliced 0.05; 0: unbounded, the paper)")
+                                                 "round (sliced 0.05; pair 0.10, its largest step; 0: unbounded, the paper)")
     controller_seed: int = opt(42, "seed of the controller's own RNG (separate from data shuffling)")
     importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round",
                                   choices=IMPORTANCE_REFRESH)
@@ -312,6 +322,14 @@ class ControllerOptions(Checked):
         above(self, "lookahead_batch", 0)
         at_least(self, "converge_sigma", 0)
         at_least(self, "calibrate_every", 0)
+        at_least(self, "hold_rounds", 0)
+        above(self, "pair_gap", 0)
+        if not 0 <= self.pair_smoothing < 1:
+            raise OptionError({"pair_smoothing": self.pair_smoothing}, "must be in [0, 1)")
+        if self.controller == "pair" and (self.probe != "forward" or self.lookahead_steps or self.probe_from != "current"):
+            raise OptionError({"controller": "pair", "probe": self.probe, "lookahead_steps": self.lookahead_steps,
+                               "probe_from": self.probe_from}, "pair scores its two members as they train: leave "
+                              "<probe> at forward, <lookahead_steps> at 0 and <probe_from> at current")
         if self.probe == "taylor" and (self.lookahead_steps or self.probe_from != "current"):
             raise OptionError({"probe": "taylor", "lookahead_steps": self.lookahead_steps, "probe_from": self.probe_from},
                               "a taylor estimate is of the current weights, instantly: leave <lookahead_steps> at 0 "

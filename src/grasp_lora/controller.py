@@ -372,6 +372,51 @@ def fit_round(st: ControllerState, candidates: list[float], rewards: list[float]
             "sigma_next": sigma_next, **commit(st.p, mu_next, candidates, rewards, s)}
 
 
+def pair_ratios(centre: float, s: ControllerOptions) -> list[float]:
+    """The ratios of a paired run's two members: pair_gap either side of the centre, inside [p_min, p_max] (narrower
+    at an end of the range, so the centre can reach it)."""
+    return [clamp(centre - s.pair_gap, s.p_min, s.p_max), clamp(centre + s.pair_gap, s.p_min, s.p_max)]
+
+
+def pair_difference(losses: list) -> float:
+    """The less pruned member's lead: loss of the more pruned one minus the other's (NaN when either is missing)."""
+    lo, hi = (math.nan if l is None else l for l in losses)
+    return hi - lo
+
+
+def pair_lead(trials: list, s: ControllerOptions) -> tuple[float, float]:
+    """This round's and the last round's lead of the less pruned member: the raw difference, or with pair_smoothing
+    beta its exponential moving average over the rounds from hold_rounds on (one round's difference scatters by about
+    0.1 nats where the trained curve's is 0.02-0.06: benchmarks/RESULTS.md); a held round's lead stays raw."""
+    leads, smooth = [], math.nan
+    for k, trial in enumerate(trials):
+        d = pair_difference(trial[3])
+        if s.pair_smoothing and k >= s.hold_rounds and math.isfinite(d):
+            smooth = d if not math.isfinite(smooth) else s.pair_smoothing * smooth + (1 - s.pair_smoothing) * d
+            d = smooth
+        leads.append(d)
+    return leads[-1], (leads[-2] if len(leads) > 1 else math.nan)
+
+
+def pair_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
+    """Two members train at the centre -/+ pair_gap on the same examples (twin.py) and are scored at the ratios they
+    train under. After hold_rounds rounds (the ratios' order forms only after some training: benchmarks/RESULTS.md),
+    the centre takes a sign step of size sigma toward the member that is ahead (Rprop, Riedmiller & Braun 1993:
+    scale-free, as the loss differences' size varies by case and by round). sigma grows by 1.2 (up to
+    max_policy_step) when a round agrees in sign with the one before and halves (down to sigma_floor) when it does not,
+    so the steps shrink where the members take turns, at the optimum or in noise. Call after `observe`."""
+    d, before = pair_lead(st.trials, s)
+    mu_next, sigma_next = st.mu, st.sigma
+    if st.rounds >= s.hold_rounds and math.isfinite(d) and d != 0:
+        sign = math.copysign(1.0, d)
+        if math.isfinite(before) and before != 0:
+            agree = math.copysign(1.0, before) == sign
+            sigma_next = min(st.sigma * 1.2, s.max_policy_step or s.p_max - s.p_min) if agree else max(st.sigma / 2, s.sigma_floor)
+        mu_next = clamp(st.mu - sign * sigma_next, s.p_min, s.p_max)
+    return {"advantages": advantages([r if math.isfinite(r) else 0.0 for r in rewards]), "mu_next": mu_next,
+            "sigma_next": sigma_next, **commit(st.p, mu_next, candidates, rewards, s)}
+
+
 def commit(p: float, mu_next: float, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
     """Where the committed ratio goes: toward the round's best candidate (commit_rule), or after the policy mean by
     at most max_ratio_step, every round (the probes, anchored to the mask the model trains under, then start
@@ -410,6 +455,10 @@ CONTROLLERS: dict[str, tuple[Callable, dict]] = {
                             **WHOLE_SET)),
     "fit": (fit_round, dict(ratio_rule="fit", advantage="none", policy_lr=0.0, kl_coef=0.0, entropy_bonus=0.0,
                             sigma_lr=0.0, sigma_floor=MIN_SIGMA, commit_toward="policy_mean", **WHOLE_SET)),
+    # sigma is the centre's step: 0.05 to start, 0.01 to 0.10; both members scored on the whole micro-dev set
+    "pair": (pair_round, dict(ratio_rule="policy_mean", advantage="none", policy_lr=0.0, kl_coef=0.0,
+                              entropy_bonus=0.0, sigma_lr=0.0, sigma_init=0.05, sigma_floor=0.01,
+                              commit_toward="policy_mean", probe_examples=0, max_policy_step=0.10)),
 }
 
 
@@ -476,7 +525,8 @@ class Controller:
             return None
         taylor = s.probe == "taylor"
         cal = calibrate(st.calibration) if taylor else None
-        candidates = sample_candidates(self.rng, st.mu, st.sigma, s.group_size, s.p_min, s.p_max)
+        candidates = pair_ratios(st.p, s) if s.controller == "pair" else \
+            sample_candidates(self.rng, st.mu, st.sigma, s.group_size, s.p_min, s.p_max)
         estimates = self.estimate_fn(candidates) if taylor else None
         # measure: always by forward; by taylor until calibrated, every calibrate_every rounds, and where an estimate
         # lies beyond the calibrated reach (it is refitted on them)

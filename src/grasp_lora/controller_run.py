@@ -16,11 +16,13 @@ import torch
 from . import distributed, prune
 from .adapter_io import export_peft
 from .config import SearchConfig
-from .controller import Controller, ControllerState, probe
+from .errors import OptionError
+from .controller import Controller, ControllerState, pair_ratios, probe
 from .files import append_jsonl, atomic_path, truncate_jsonl, write_json
 from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
 from .model_card import write_model_card
 from .taylor import GradientMoments
+from .twin import Twin
 from .tracking import Tracker
 from .data.batching import collate
 from .train import LossProbe, check_log_length, example_nll, rng_state, set_rng_state, train
@@ -51,6 +53,14 @@ class SearchHooks(PruneHooks):
                           prune.stashes(setup.model), self.scores())
         # a probe that trains first or starts elsewhere goes through `lookahead` (set up, train, measure, restore)
         self.set_up_probes = bool(cfg.lookahead_steps) or self.start is not None
+        # controller pair: the run's weights are the less pruned member, the twin the more pruned one
+        self.twin: Twin | None = None
+        self._group: list[list[dict]] = []
+        if cfg.controller == "pair":
+            if distributed.active():
+                raise OptionError({"controller": "pair"}, "trains its two members in one process: run it on one "
+                                                          "device (without torchrun)")
+            self.twin = Twin(setup.model, trainable(setup), cfg.lr, cfg.weight_decay)
 
     def round_slice(self) -> LossProbe:
         """This round's probe_examples micro-dev examples: round k scores on places k*n .. k*n + n - 1 of a sequence
@@ -69,6 +79,8 @@ class SearchHooks(PruneHooks):
         return self._scores
 
     def probe(self, ratios: list[float]) -> list[float]:
+        if self.twin is not None:  # the members as they trained, each at its own ratio (the round's two candidates)
+            return [self.loss_fn(), self.twin.loss(self.loss_fn)]
         if self.set_up_probes:
             return [self.lookahead(self.probe_setup, r)[self.cfg.probe_loss] for r in ratios]
         return probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
@@ -165,10 +177,30 @@ class SearchHooks(PruneHooks):
             set_rng_state(saved[4])
 
     def prune_to_scores(self, ratio: float) -> int:
-        """Commit a ratio's mask by this round's importance (the scores its candidates were probed with)."""
-        return self.commit(prune.masks_for_ratio(self.round_scores(), ratio, self.cfg.scope))
+        """Commit a ratio's mask by this round's importance (the scores its candidates were probed with); with a
+        twin, `ratio` is the centre and each member takes its side of it."""
+        return self.commit_ratio(self.round_scores(), ratio)
+
+    def start_at(self, ratio: float) -> int:
+        """The run's first masks, at p_init, by the starting weights' importance."""
+        return self.commit_ratio(self.scores(), ratio)
+
+    def commit_ratio(self, scores: dict[str, torch.Tensor], ratio: float) -> int:
+        if self.twin is None:
+            return self.commit(prune.masks_for_ratio(scores, ratio, self.cfg.scope))
+        lo, hi = pair_ratios(ratio, self.cfg)
+        self.twin.commit(prune.masks_for_ratio(scores, hi, self.cfg.scope), self.cfg.reset, self.initial)
+        return self.commit(prune.masks_for_ratio(scores, lo, self.cfg.scope))
+
+    def on_examples(self, group):
+        self._group = group
 
     def after_step(self, step):
+        if self.twin is not None:  # the twin's step on the same examples: the method's cost, counted as the probes'
+            start = time.time()
+            self.twin.step(self._group, self.setup.tok.pad_token_id, self.setup.device,
+                           self.optimizer.param_groups[0]["lr"])
+            self.probe_seconds += time.time() - start
         if step % self.every == 0:
             self.controller_round(step)
         st = self.controller.state
@@ -176,7 +208,8 @@ class SearchHooks(PruneHooks):
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "controller": self.controller.state_dict(), "probe_seconds": self.probe_seconds,
-                "scores": self._scores, **({"moments": self.moments.state_dict()} if self.moments else {})}
+                "scores": self._scores, **({"moments": self.moments.state_dict()} if self.moments else {}),
+                **({"twin": self.twin.state_dict()} if self.twin else {})}
 
     def load_state_dict(self, state: dict, step: int) -> None:
         super().load_state_dict(state, step)
@@ -185,6 +218,8 @@ class SearchHooks(PruneHooks):
         self._scores = state["scores"] if "scores" in state else state["controller"].get("scores")  # older runs
         if self.moments is not None:
             self.moments.load_state_dict(state["moments"])
+        if self.twin is not None:
+            self.twin.load_state_dict(state["twin"])
         if distributed.is_main():
             rounds = truncate_jsonl(self.history, lambda r: r["step"] <= step)
             check_log_length(self.history, rounds, self.controller.state.rounds, "controller rounds")
@@ -220,7 +255,7 @@ def search(cfg: SearchConfig) -> tuple[dict, torch.nn.Module]:
     desc = f"search {cfg.task}/{cfg.lang}"
     with run_folder(setup, cfg, desc) as (work, tracker):
         hooks = SearchHooks(setup, cfg, work, tracker)
-        hooks.prune_to(cfg.p_init)
+        hooks.start_at(cfg.p_init)
         params = trainable(setup)
         best = work / "best.pt"  # one-run mode: the best-val weights with their masks and stashes
         summary = train(setup.model, params, setup.examples["train"], setup.examples["val"], cfg, work,

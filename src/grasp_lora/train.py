@@ -116,6 +116,10 @@ class Hooks:
     def on_start(self, optimizer: torch.optim.Optimizer) -> None:
         """Called once, before the first step."""
 
+    def on_examples(self, group: list[list[dict]]) -> None:
+        """Called with the micro-batches of the step about to run (a paired controller trains its second member on
+        the same)."""
+
     def before_step(self, step: int) -> None:
         """Called after backward, before the optimizer step (gradients are there)."""
 
@@ -288,6 +292,7 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
             while progress.group < len(groups) and not finished():
                 group = groups[progress.group]
                 n_examples = sum(len(mb) for mb in group)
+                hooks.on_examples(group)
                 local = 0.0
                 for mb in group[distributed.rank()::distributed.world()]:  # this rank's share of the step
                     per_example = example_nll(model, collate(mb, pad_id, device))
