@@ -253,9 +253,9 @@ class ControllerOptions(Checked):
                                 "-/+ it, inside [p_min, p_max])")
     hold_rounds: int = opt(10, "pair: rounds before the centre moves (the members first train apart: a trained ratio's "
                                "advantage shows only after about 100 examples, benchmarks/RESULTS.md)")
-    pair_smoothing: float = opt(0.8, "pair: the centre steps on an exponential moving average of the members' "
+    pair_smoothing: float = opt(0.0, "pair: the centre steps on an exponential moving average of the members' "
                                      "difference over the rounds after the hold, with this weight on the past (0: "
-                                     "each round's own difference)")
+                                     "each round's own difference; 0.8 did worse on MLQA es: benchmarks/RESULTS.md)")
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
     max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
                                                  "round (sliced 0.05; pair 0.10, its largest step; 0: unbounded, the paper)")
