@@ -10,7 +10,7 @@ import torch
 
 from conftest import cli, run_cli
 from grasp_lora import prune
-from grasp_lora.config import ControllerOptions
+from grasp_lora.config import ControllerOptions, SearchConfig, build
 from grasp_lora.cli import command_config, make_parser
 from grasp_lora.controller import (CONTROLLERS, Controller, ControllerState, advantages, commit_rule, initial_sigma,
                                    move_toward, nes_update, offline, pair_ratios, policy_update, rank_utilities,
@@ -360,6 +360,34 @@ def test_search_with_the_pair_controller(tmp_path, tiny_model, tiny_adapters, de
     assert hist[0]["trace"][0][1] != hist[0]["losses"][1]
     ratio = json.loads((out / "ratio.json").read_text())
     assert ratio["controller"] == "pair" and ratio["prune_ratio"] == hist[-1]["mu_next"] and ratio["probe_seconds"] > 0
+
+
+@pytest.mark.parametrize("refresh", ["once", "every_round"])
+def test_pair_members_are_pruned_by_their_own_importance_when_re_scored(tmp_path, tiny_model, tiny_adapters,
+                                                                         demo_data, refresh):
+    """Re-scored every round, each member takes its masks from its own weights' importance (as a grid run re-pruned
+    at its ratio does); scored once, both from the starting weights'."""
+    from grasp_lora.controller_run import SearchHooks
+    from grasp_lora.merged_run import setup_merged
+    from grasp_lora.tracking import Tracker
+
+    cfg = build(SearchConfig, overrides=dict(
+        model=str(tiny_model), adapters=[str(tiny_adapters["en"]), str(tiny_adapters["ar"])],
+        data=str(demo_data["ar"]), lang="ar", out=str(tmp_path), controller="pair", criterion="magnitude",
+        importance_refresh=refresh))
+    setup = setup_merged(cfg, ("train", "val", "micro_dev"))
+    hooks = SearchHooks(setup, cfg, tmp_path, Tracker(["none"], tmp_path, "t", cfg))
+    start = hooks.scores()
+    hooks.start_at(0.4)
+    hooks.twin.values = [v * torch.rand_like(v) for v in hooks.twin.values]  # the twin's weights, trained apart
+    hooks.prune_to_scores(0.4)
+    lo, hi = pair_ratios(0.4, hooks.cfg)
+    twin_scores = hooks.twin.run(hooks.scores) if refresh == "every_round" else start
+    assert all(torch.equal(hooks.twin.masks[k], m) for k, m in prune.masks_for_ratio(twin_scores, hi).items())
+    assert all(torch.equal(prune.current_masks(setup.model)[k], m)
+               for k, m in prune.masks_for_ratio(hooks.scores(), lo).items())
+    if refresh == "every_round":  # not the run's order
+        assert any(not torch.equal(hooks.twin.masks[k], m) for k, m in prune.masks_for_ratio(start, hi).items())
 
 
 def test_probes_score_on_the_rounds_slices_of_the_micro_dev_set(tmp_path, tiny_model, tiny_adapters, demo_data):

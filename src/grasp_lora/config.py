@@ -260,7 +260,8 @@ class ControllerOptions(Checked):
     max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
                                                  "round (sliced 0.05; pair 0.10, its largest step; 0: unbounded, the paper)")
     controller_seed: int = opt(42, "seed of the controller's own RNG (separate from data shuffling)")
-    importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round",
+    importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round "
+                                          "(pair: each member by its own weights)",
                                   choices=IMPORTANCE_REFRESH)
     commit_toward: Optional[str] = opt(None, "where the committed ratio moves each round, by at most Delta: toward the "
                                              "round's best candidate when it beats the committed ratio's loss "

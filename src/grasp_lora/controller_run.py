@@ -80,7 +80,7 @@ class SearchHooks(PruneHooks):
 
     def probe(self, ratios: list[float]) -> list[float]:
         if self.twin is not None:  # the members as they trained, each at its own ratio (the round's two candidates)
-            return [self.loss_fn(), self.twin.loss(self.loss_fn)]
+            return [self.loss_fn(), self.twin.run(self.loss_fn)]
         if self.set_up_probes:
             return [self.lookahead(self.probe_setup, r)[self.cfg.probe_loss] for r in ratios]
         return probe(self.setup.model, self.round_scores(), ratios, self.cfg.scope, self.loss_fn)
@@ -189,7 +189,10 @@ class SearchHooks(PruneHooks):
         if self.twin is None:
             return self.commit(prune.masks_for_ratio(scores, ratio, self.cfg.scope))
         lo, hi = pair_ratios(ratio, self.cfg)
-        self.twin.commit(prune.masks_for_ratio(scores, hi, self.cfg.scope), self.cfg.reset, self.initial)
+        # re-scored every round, each member by its own importance: its weights trained under its own mask, as a
+        # grid run's re-pruning reads them (scored once, both take the starting weights' order)
+        own = self.twin.run(self.scores) if self.cfg.importance_refresh == "every_round" else scores
+        self.twin.commit(prune.masks_for_ratio(own, hi, self.cfg.scope), self.cfg.reset, self.initial)
         return self.commit(prune.masks_for_ratio(scores, lo, self.cfg.scope))
 
     def on_examples(self, group):

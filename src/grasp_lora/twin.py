@@ -67,9 +67,10 @@ class Twin:
         with self.swapped():
             return prune.commit_masks(self.model, masks, reset, self.optimizer, initial)
 
-    def loss(self, loss_fn) -> float:
+    def run(self, fn):
+        """fn() with the twin in the model (its loss, its importance scores)."""
         with self.swapped():
-            return loss_fn()
+            return fn()
 
     def state_dict(self) -> dict:
         return {"values": [v.cpu() for v in self.values], "masks": self.masks, "stashes": self.stashes,
