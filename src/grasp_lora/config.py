@@ -18,8 +18,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PROBE_FROM,
-                         PROBE_LOSSES, PROBES, RATIO_RULES)
+from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PAIR_MOVES,
+                         PROBE_FROM, PROBE_LOSSES, PROBES, RATIO_RULES)
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
@@ -256,6 +256,12 @@ class ControllerOptions(Checked):
     pair_smoothing: float = opt(0.0, "pair: the centre steps on an exponential moving average of the members' "
                                      "difference over the rounds after the hold, with this weight on the past (0: "
                                      "each round's own difference; 0.8 did worse on MLQA es: benchmarks/RESULTS.md)")
+    pair_move: str = opt("rprop", "pair: how the centre moves after the hold: rprop (a step every round toward the "
+                                  "member ahead that round, longer while rounds agree, halved when they do not) or "
+                                  "sequential (a step only when the leads gathered since the last move differ from 0 "
+                                  "by --pair-z standard errors; halved when a move reverses the one before)",
+                         choices=PAIR_MOVES)
+    pair_z: float = opt(1.5, "pair, sequential: the z score of the gathered leads that moves the centre")
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
     max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
                                                  "round (sliced 0.05; pair 0.10, its largest step; 0: unbounded, the paper)")
@@ -325,6 +331,7 @@ class ControllerOptions(Checked):
         at_least(self, "calibrate_every", 0)
         at_least(self, "hold_rounds", 0)
         above(self, "pair_gap", 0)
+        above(self, "pair_z", 0)
         if not 0 <= self.pair_smoothing < 1:
             raise OptionError({"pair_smoothing": self.pair_smoothing}, "must be in [0, 1)")
         if self.controller == "pair" and (self.probe != "forward" or self.lookahead_steps or self.probe_from != "current"):

@@ -30,6 +30,7 @@ COMMIT_TOWARD = ("best_candidate", "policy_mean")  # p moves toward a round's wi
 IMPORTANCE_REFRESH = ("once", "every_round")
 PROBE_FROM = ("current", "start")  # a look-ahead probe trains from the run's weights, or from its starting weights
 PROBE_LOSSES = ("micro_dev", "online")  # a look-ahead probe's loss: micro-dev after its steps, or online during them
+PAIR_MOVES = ("rprop", "sequential")  # pair: the centre steps on each round's lead, or on a test of the leads gathered
 PROBES = ("forward", "taylor")  # a candidate's loss change: measured by a micro-dev pass, or estimated (taylor.py)
 
 
@@ -398,21 +399,69 @@ def pair_lead(trials: list, s: ControllerOptions) -> tuple[float, float]:
     return leads[-1], (leads[-2] if len(leads) > 1 else math.nan)
 
 
+PAIR_MIN_ROUNDS = 2  # the sequential test's least rounds at a centre: one outlying round cannot move it
+
+
+def pair_evidence(trials: list, s: ControllerOptions) -> float:
+    """The sequential test's statistic: the leads measured at the current centre since it last moved (rounds from
+    hold_rounds on, at least PAIR_MIN_ROUNDS of them, else 0), summed and divided by their scatter times sqrt(their
+    count) -- a z score, positive when the less pruned member is ahead. The scatter is the rms round-to-round change
+    of the lead over sqrt(2), from round hold_rounds // 2 on (changes, not deviations from a mean: the lead drifts as
+    the members train and moves with the centre, both slowly against its noise)."""
+    leads = [pair_difference(t[3]) for t in trials]
+    centres = [t[0] for t in trials]
+    since = len(trials) - 1
+    while since > s.hold_rounds and centres[since - 1] == centres[-1]:
+        since -= 1
+    now = [d for d in leads[since:] if math.isfinite(d)]
+    changes = [leads[k] - leads[k - 1] for k in range(max(1, s.hold_rounds // 2 + 1), len(leads))
+               if math.isfinite(leads[k] - leads[k - 1])]
+    if len(now) < PAIR_MIN_ROUNDS or sum(now) == 0:
+        return 0.0
+    scatter = math.sqrt(np.mean(np.square(changes)) / 2) if changes else 0.0
+    return sum(now) / (scatter * math.sqrt(len(now))) if scatter > 0 else math.copysign(math.inf, sum(now))
+
+
+def last_move(trials: list) -> float:
+    """The sign of the centre's last move (0.0 before the first)."""
+    centres = [t[0] for t in trials]
+    moves = [b - a for a, b in zip(centres, centres[1:]) if b != a]
+    return math.copysign(1.0, moves[-1]) if moves else 0.0
+
+
 def pair_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
     """Two members train at the centre -/+ pair_gap on the same examples (twin.py) and are scored at the ratios they
     train under. After hold_rounds rounds (the ratios' order forms only after some training: benchmarks/RESULTS.md),
-    the centre takes a sign step of size sigma toward the member that is ahead (Rprop, Riedmiller & Braun 1993:
-    scale-free, as the loss differences' size varies by case and by round). sigma grows by 1.2 (up to
-    max_policy_step) when a round agrees in sign with the one before and halves (down to sigma_floor) when it does not,
-    so the steps shrink where the members take turns, at the optimum or in noise. Call after `observe`."""
-    d, before = pair_lead(st.trials, s)
+    the centre moves toward the member that is ahead by a step sigma (scale-free, as the loss differences' size varies
+    by case and by round), when and how pair_move says:
+
+    - rprop (Riedmiller & Braun 1993): every round, on that round's lead; sigma grows by 1.2 (up to max_policy_step)
+      when a round agrees in sign with the one before and halves (down to sigma_floor) when it does not, so the
+      steps shrink where the members take turns, at the optimum or in noise;
+    - sequential: only when the leads gathered at the centre since it last moved differ from zero by pair_z times
+      their standard error (pair_evidence), so a persistent small lead moves it and one noisy round does not; sigma
+      halves (down to sigma_floor) when a move reverses the one before, a bisection of the optimum.
+
+    Call after `observe`."""
     mu_next, sigma_next = st.mu, st.sigma
-    if st.rounds >= s.hold_rounds and math.isfinite(d) and d != 0:
-        sign = math.copysign(1.0, d)
-        if math.isfinite(before) and before != 0:
-            agree = math.copysign(1.0, before) == sign
-            sigma_next = min(st.sigma * 1.2, s.max_policy_step or s.p_max - s.p_min) if agree else max(st.sigma / 2, s.sigma_floor)
-        mu_next = clamp(st.mu - sign * sigma_next, s.p_min, s.p_max)
+    if s.pair_move == "sequential":
+        z = pair_evidence(st.trials, s) if st.rounds >= s.hold_rounds else 0.0
+        if abs(z) >= s.pair_z:
+            direction = -math.copysign(1.0, z)
+            if last_move(st.trials) == -direction:
+                sigma_next = max(st.sigma / 2, s.sigma_floor)
+            mu_next = clamp(st.mu + direction * sigma_next, s.p_min, s.p_max)
+            if math.isclose(mu_next, st.mu, abs_tol=1e-9):  # at an end of the range: no move, the evidence gathers on
+                mu_next, sigma_next = st.mu, st.sigma
+    else:
+        d, before = pair_lead(st.trials, s)
+        if st.rounds >= s.hold_rounds and math.isfinite(d) and d != 0:
+            sign = math.copysign(1.0, d)
+            if math.isfinite(before) and before != 0:
+                agree = math.copysign(1.0, before) == sign
+                sigma_next = min(st.sigma * 1.2, s.max_policy_step or s.p_max - s.p_min) if agree \
+                    else max(st.sigma / 2, s.sigma_floor)
+            mu_next = clamp(st.mu - sign * sigma_next, s.p_min, s.p_max)
     return {"advantages": advantages([r if math.isfinite(r) else 0.0 for r in rewards]), "mu_next": mu_next,
             "sigma_next": sigma_next, **commit(st.p, mu_next, candidates, rewards, s)}
 
