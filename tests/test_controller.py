@@ -104,8 +104,8 @@ def synthetic(optimum: float, noise: float, seed: int):
     return lambda k, p, ratio: 2.0 - 0.01 * k + 3.0 * (ratio - optimum) ** 2 + (rng.normal(0, noise) if noise else 0.0)
 
 
-def learned(controller: str, optimum: float, start: float, noise: float, rounds: int, seed: int = 0):
-    s = ControllerOptions(controller=controller, p_init=start, controller_seed=seed)
+def learned(controller: str, optimum: float, start: float, noise: float, rounds: int, seed: int = 0, **options):
+    s = ControllerOptions(controller=controller, p_init=start, controller_seed=seed, **options)
     return offline(s, synthetic(optimum, noise, seed), rounds)
 
 
@@ -165,12 +165,11 @@ def test_pair_smoothing_steps_on_the_average_lead():
 def test_sequential_pair_finds_a_synthetic_optimum_from_any_start(optimum, start):
     """pair_move sequential, steps of 0.1 in the same 30 rounds: within 0.05 of the optimum noiseless and on average
     over 10 draws of noise of the measured size."""
-    def run(noise, seed):
-        s = ControllerOptions(controller="pair", pair_move="sequential", sigma_init=0.1, p_init=start,
-                              controller_seed=seed)
-        return offline(s, synthetic(optimum, noise, seed), 30).result()["prune_ratio"]
-    assert abs(run(0.0, 0) - optimum) <= 0.05
-    assert np.mean([abs(run(MEASURED_NOISE, seed) - optimum) for seed in range(10)]) <= 0.05
+    def error(noise, seed):
+        ctrl = learned("pair", optimum, start, noise, 30, seed, pair_move="sequential", sigma_init=0.1)
+        return abs(ctrl.result()["prune_ratio"] - optimum)
+    assert error(0.0, 0) <= 0.05
+    assert np.mean([error(MEASURED_NOISE, seed) for seed in range(10)]) <= 0.05
 
 
 def test_sequential_pair_moves_on_gathered_evidence_not_on_one_round():

@@ -253,9 +253,10 @@ class ControllerOptions(Checked):
                                 "-/+ it, inside [p_min, p_max])")
     hold_rounds: int = opt(10, "pair: rounds before the centre moves (the members first train apart: a trained ratio's "
                                "advantage shows only after about 100 examples, benchmarks/RESULTS.md)")
-    pair_smoothing: float = opt(0.0, "pair: the centre steps on an exponential moving average of the members' "
-                                     "difference over the rounds after the hold, with this weight on the past (0: "
-                                     "each round's own difference; 0.8 did worse on MLQA es: benchmarks/RESULTS.md)")
+    pair_smoothing: float = opt(0.0, "pair, rprop: the centre steps on an exponential moving average of the "
+                                     "members' difference over the rounds after the hold, with this weight on the "
+                                     "past (0: each round's own difference; 0.8 did worse on MLQA es: "
+                                     "benchmarks/RESULTS.md)")
     pair_move: str = opt("rprop", "pair: how the centre moves after the hold: rprop (a step every round toward the "
                                   "member ahead that round, longer while rounds agree, halved when they do not) or "
                                   "sequential (a step only when the leads gathered since the last move differ from 0 "
