@@ -49,6 +49,7 @@ from grasp_lora.prune import CRITERIA
 # authors' batch 1 x accumulation 1 (search_batching).
 COMMON = dict(target_sizes="50,50,16,100", source_sizes="96,16,0,16", lr=1e-3, batch_size=2, grad_accum=3,
               eval_batch_size=16, patience=0, epochs=100, seed=42, checkpoint_every=10)
+TARGET_REGRET = 0.10  # issue 23's regret target per case and start
 RESOLVES = 3  # the discriminating power from which a case's grid tells its best ratio from noise (the targets' cases)
 CASES = {name: {**data_case(name), **(dict(max_steps=30, max_length=512) if name in DEMO_TARGETS
                                        else dict(max_steps=25, max_length=256))} for name in CASE_NAMES}
@@ -410,32 +411,46 @@ def overall(results: list[dict]) -> str:
         if resolving:
             lines.append(f"    on the cases of power >= {RESOLVES}: "
                          + ", ".join(f"{c} {g:.3f}" for c, g in resolving.items())
-                         + f"; above 0.10 on {sum(g > 0.10 for g in resolving.values())} of {len(resolving)}")
+                         + f"; above {TARGET_REGRET:.2f} on {sum(g > TARGET_REGRET for g in resolving.values())} of "
+                         f"{len(resolving)}")
     return "\n".join(lines)
 
 
+def on_targets(cells: list[tuple[dict, dict]], label: str) -> str:
+    """Issue 23's per-case targets over these cells: regret <= TARGET_REGRET from each start, and per-start mean p*
+    within 0.15 of each other on each case (it converges rather than keeps its start)."""
+    if not cells:
+        return f"no case of {label}"
+    own = lambda info: info["rules"][info["rule"]]
+    near = sum(own(info)["regret"] <= TARGET_REGRET for _, info in cells)
+    spreads = {}
+    for r, info in cells:
+        spreads.setdefault(r["case"], []).append(np.mean(list(own(info)["p_star"].values())))
+    converge = sum(max(m) - min(m) <= 0.15 for m in spreads.values())
+    return (f"regret <= {TARGET_REGRET:.2f} in {near} of {len(cells)} cells of {label}; per-start mean p* within "
+            f"0.15 on {converge} of {len(spreads)} such cases")
+
+
 def verdict(v: str, done: list[dict], loo: float | None) -> str:
-    """What a controller that learns must show (the targets of issue 23): on every case whose grid resolves its
-    ratios (power >= RESOLVES) a regret of at most 0.10 from each start and per-start mean p* within 0.15 of each
-    other (it converges rather than keeps its start); over all cases at most half the start held's regret, and below
-    the best constant of the other cases."""
+    """What a controller that learns must show (the targets of issue 23): the per-case targets (on_targets) on every
+    case whose grid resolves its ratios (power >= RESOLVES), and -- the rule registered for the es300 and de300
+    cases -- on those of them where the grid of one seed also scores <= TARGET_REGRET out of sample (where eight full
+    runs of one seed miss it, one controller run reaching it would be luck); over all cases at most half the start
+    held's regret, and below the best constant of the other cases."""
     own = lambda info: info["rules"][info["rule"]]
     cells = [(r, info) for r in done for info in r["variants"].get(v, {}).values() if info.get("rule") in info["rules"]]
     if not cells:
         return ""
     resolving = [(r, info) for r, info in cells if (r["power"] or 0) >= RESOLVES]
-    near = sum(own(info)["regret"] <= 0.10 for _, info in resolving)
-    spreads = {}
-    for r, info in resolving:
-        spreads.setdefault(r["case"], []).append(np.mean(list(own(info)["p_star"].values())))
-    converge = sum(max(m) - min(m) <= 0.15 for m in spreads.values())
+    settled = [(r, info) for r, info in resolving
+               if r.get("one_seed_grid") and r["one_seed_grid"]["regret"] <= TARGET_REGRET]
     mean, held = np.mean([own(i)["regret"] for _, i in cells]), np.mean([i["start_regret"] for _, i in cells])
     yes = lambda ok: "yes" if ok else "no"
-    cases = (f"regret <= 0.10 in {near} of {len(resolving)} cells of power >= {RESOLVES}; per-start mean p* within "
-             f"0.15 on {converge} of {len(spreads)} such cases" if resolving else f"no case of power >= {RESOLVES}")
-    return (f"  {v} against the targets: {cases}; over all {mean:.3f}, at most "
+    return (f"  {v} against the targets: {on_targets(resolving, f'power >= {RESOLVES}')}; over all {mean:.3f}, at most "
             f"half the start held ({held / 2:.3f}): {yes(mean <= held / 2)}"
-            + (f"; below the leave-one-out constant ({loo:.3f}): {yes(mean < loo)}" if loo is not None else ""))
+            + (f"; below the leave-one-out constant ({loo:.3f}): {yes(mean < loo)}" if loo is not None else "")
+            + f"\n    of those, where one seed's grid scores <= {TARGET_REGRET:.2f} out of sample: "
+            + on_targets(settled, "such power and one-seed grid"))
 
 
 def main():

@@ -162,6 +162,13 @@ def test_bench_controller_yardsticks(tmp_path, monkeypatch):
         info["rules"]["fit"]["regret"] = info["start_regret"]
     assert ("regret <= 0.10 in 0 of 2 cells of power >= 3; per-start mean p* within 0.15 on 2 of 2 such cases; over "
             "all 0.181, at most half the start held (0.090): no") in bc.verdict("fit", kept, 0.694)
+    # the registered rule: a case counts only where the grid of one seed itself scores <= 0.10 out of sample
+    assert ("of those, where one seed's grid scores <= 0.10 out of sample: regret <= 0.10 in 2 of 2 cells of such "
+            "power and one-seed grid; per-start mean p* within 0.15 on 2 of 2 such cases") in text
+    kept[0]["one_seed_grid"] = {**kept[0]["one_seed_grid"], "regret": 0.134}
+    assert "out of sample: regret <= 0.10 in 0 of 1 cells" in bc.verdict("fit", kept, 0.694)
+    kept[1]["one_seed_grid"] = None
+    assert "out of sample: no case of such power and one-seed grid" in bc.verdict("fit", kept, 0.694)
     assert (tmp_path / "a" / "controller_vs_grid.png").stat().st_size > 0
 
     # a trace: the loss at every grid ratio each round -- the replay scores any controller on it

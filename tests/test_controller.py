@@ -195,6 +195,25 @@ def test_sequential_pair_moves_on_gathered_evidence_not_on_one_round():
     assert pair_evidence(ctrl.state.trials, s) == math.inf
 
 
+def test_at_centre_scatter_leaves_out_the_leads_jump_across_a_move():
+    """pair_scatter at_centre: the lead's change between rounds at two centres (the pair itself changed) is no part
+    of the scatter, so after a move that turned the lead round, a small steady lead moves the centre again after the
+    least two rounds; with all changes counted the jump holds it four rounds longer."""
+    # the more pruned member's loss over the other's: ahead by 0.05 at centre 0.5, behind by 0.01 above it, each
+    # round off by up to 0.003
+    wobble = [0.002, -0.002, 0.003, -0.001]
+    curve = lambda k, p, r: ((-0.05 if p < 0.55 else 0.01) + wobble[k % 4]) if r > p else 0.0
+    moves = {}
+    for scatter in ("all", "at_centre"):
+        s = ControllerOptions(controller="pair", pair_move="sequential", pair_scatter=scatter, hold_rounds=2,
+                              sigma_init=0.1, p_init=0.5)
+        ctrl = offline(s, curve, 12)
+        moves[scatter] = [(r["step"], round(r["mu_next"], 6)) for r in ctrl.history if r["mu_next"] != r["mu"]]
+    assert moves["at_centre"][0] == moves["all"][0] == (3, 0.6)
+    assert moves["at_centre"][1] == (5, 0.55)  # two rounds of +0.01 at 0.6 against their own scatter
+    assert moves["all"][1] == (9, 0.55)  # the jump of 0.06 across the first move counted as noise
+
+
 def test_a_settled_policy_stops_probing():
     """converge_sigma: once sigma falls to it the controller commits p* and probes no more -- the rounds it saves,
     at the same p* as probing to the end (noiseless), and never on a policy that has not settled (reinforce)."""

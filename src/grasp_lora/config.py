@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PAIR_MOVES,
-                         PROBE_FROM, PROBE_LOSSES, PROBES, RATIO_RULES)
+                         PAIR_SCATTERS, PROBE_FROM, PROBE_LOSSES, PROBES, RATIO_RULES)
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
@@ -263,6 +263,9 @@ class ControllerOptions(Checked):
                                   "by --pair-z standard errors; halved when a move reverses the one before)",
                          choices=PAIR_MOVES)
     pair_z: float = opt(1.5, "pair, sequential: the z score of the gathered leads that moves the centre")
+    pair_scatter: str = opt("all", "pair, sequential: the lead's round-to-round changes its scatter is taken from: "
+                                   "all (after half the hold) or at_centre (only between rounds at the same centre: "
+                                   "the jump across a move is the pair's change, not noise)", choices=PAIR_SCATTERS)
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
     max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
                                                  "round (sliced 0.05; pair 0.10, its largest step; 0: unbounded, the paper)")

@@ -31,6 +31,7 @@ IMPORTANCE_REFRESH = ("once", "every_round")
 PROBE_FROM = ("current", "start")  # a look-ahead probe trains from the run's weights, or from its starting weights
 PROBE_LOSSES = ("micro_dev", "online")  # a look-ahead probe's loss: micro-dev after its steps, or online during them
 PAIR_MOVES = ("rprop", "sequential")  # pair: the centre steps on each round's lead, or on a test of the leads gathered
+PAIR_SCATTERS = ("all", "at_centre")  # pair, sequential: the lead's changes its scatter is taken from
 PROBES = ("forward", "taylor")  # a candidate's loss change: measured by a micro-dev pass, or estimated (taylor.py)
 
 
@@ -407,7 +408,9 @@ def pair_evidence(trials: list, s: ControllerOptions) -> float:
     hold_rounds on, at least PAIR_MIN_ROUNDS of them, else 0), summed and divided by their scatter times sqrt(their
     count) -- a z score, positive when the less pruned member is ahead. The scatter is the rms round-to-round change
     of the lead over sqrt(2), from round hold_rounds // 2 on (changes, not deviations from a mean: the lead drifts as
-    the members train and moves with the centre, both slowly against its noise)."""
+    the members train, slowly against its noise); with pair_scatter at_centre only the changes between rounds at the
+    same centre count (a move changes the pair, and the lead's jump across it is not noise: on es300 it held the
+    centre 4 rounds longer, benchmarks/RESULTS.md)."""
     leads = [pair_difference(t[3]) for t in trials]
     centres = [t[0] for t in trials]
     since = len(trials) - 1
@@ -415,7 +418,7 @@ def pair_evidence(trials: list, s: ControllerOptions) -> float:
         since -= 1
     now = [d for d in leads[since:] if math.isfinite(d)]
     changes = [leads[k] - leads[k - 1] for k in range(max(1, s.hold_rounds // 2 + 1), len(leads))
-               if math.isfinite(leads[k] - leads[k - 1])]
+               if math.isfinite(leads[k] - leads[k - 1]) and (s.pair_scatter == "all" or centres[k] == centres[k - 1])]
     if len(now) < PAIR_MIN_ROUNDS or sum(now) == 0:
         return 0.0
     scatter = math.sqrt(np.mean(np.square(changes)) / 2) if changes else 0.0
