@@ -390,7 +390,7 @@ def overall(results: list[dict]) -> str:
     lines = ["over all cases (mean normalised regret; own rule of each controller, every start):"]
     variants = {v for r in done for v in r["variants"]}
     for v in sorted(variants):
-        cells = [(r["case"], p0, info["rules"][info["rule"]]["regret"], info["start_regret"])
+        cells = [(r["case"], p0, own_rule(info)["regret"], info["start_regret"])
                  for r in done for p0, info in r["variants"].get(v, {}).items() if info.get("rule") in info["rules"]]
         if cells:
             lines.append(f"  {v:<14} {np.mean([c[2] for c in cells]):.3f}   start value held constant "
@@ -416,16 +416,20 @@ def overall(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def own_rule(info: dict) -> dict:
+    """A controller start's figures under the controller's own ratio rule."""
+    return info["rules"][info["rule"]]
+
+
 def on_targets(cells: list[tuple[dict, dict]], label: str) -> str:
     """Issue 23's per-case targets over these cells: regret <= TARGET_REGRET from each start, and per-start mean p*
     within 0.15 of each other on each case (it converges rather than keeps its start)."""
     if not cells:
         return f"no case of {label}"
-    own = lambda info: info["rules"][info["rule"]]
-    near = sum(own(info)["regret"] <= TARGET_REGRET for _, info in cells)
+    near = sum(own_rule(info)["regret"] <= TARGET_REGRET for _, info in cells)
     spreads = {}
     for r, info in cells:
-        spreads.setdefault(r["case"], []).append(np.mean(list(own(info)["p_star"].values())))
+        spreads.setdefault(r["case"], []).append(np.mean(list(own_rule(info)["p_star"].values())))
     converge = sum(max(m) - min(m) <= 0.15 for m in spreads.values())
     return (f"regret <= {TARGET_REGRET:.2f} in {near} of {len(cells)} cells of {label}; per-start mean p* within "
             f"0.15 on {converge} of {len(spreads)} such cases")
@@ -437,14 +441,13 @@ def verdict(v: str, done: list[dict], loo: float | None) -> str:
     cases -- on those of them where the grid of one seed also scores <= TARGET_REGRET out of sample (where eight full
     runs of one seed miss it, one controller run reaching it would be luck); over all cases at most half the start
     held's regret, and below the best constant of the other cases."""
-    own = lambda info: info["rules"][info["rule"]]
     cells = [(r, info) for r in done for info in r["variants"].get(v, {}).values() if info.get("rule") in info["rules"]]
     if not cells:
         return ""
     resolving = [(r, info) for r, info in cells if (r["power"] or 0) >= RESOLVES]
     settled = [(r, info) for r, info in resolving
                if r.get("one_seed_grid") and r["one_seed_grid"]["regret"] <= TARGET_REGRET]
-    mean, held = np.mean([own(i)["regret"] for _, i in cells]), np.mean([i["start_regret"] for _, i in cells])
+    mean, held = np.mean([own_rule(i)["regret"] for _, i in cells]), np.mean([i["start_regret"] for _, i in cells])
     yes = lambda ok: "yes" if ok else "no"
     return (f"  {v} against the targets: {on_targets(resolving, f'power >= {RESOLVES}')}; over all {mean:.3f}, at most "
             f"half the start held ({held / 2:.3f}): {yes(mean <= held / 2)}"
