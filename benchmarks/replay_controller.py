@@ -21,13 +21,20 @@ the micro-dev loss after K steps at the committed p; per controller stage, base_
 least squares, beta's standard error beside the grid's slope over the ratios that run visited; then, per start, the
 level the seeds share (they train on the same examples in the same order) taken out by pairing them round by round.
 
+`--fork VARIANT --set KEY=VALUE ...`: for every stage of a recorded variant, the first round at which a controller
+with those options changed would probe or decide otherwise. Until then a run with the new options is the recorded run
+exactly (the same seeds and the same decisions give the same weights on CPU), so a stage it never leaves, or leaves
+only in its last round, gives the new variant's p* without a run; the others say from which step a run is needed.
+
     python benchmarks/replay_controller.py [--out runs/bench-controller] [--case mlqa-ar ...]
-        [--controllers reinforce nes fit] [--starts 0.2 0.4 0.6] [--seeds 42 1337 9001] [--taylor | --periods]
+        [--controllers reinforce nes fit] [--starts 0.2 0.4 0.6] [--seeds 42 1337 9001]
+        [--taylor | --periods | --fork VARIANT]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -36,7 +43,7 @@ import numpy as np
 
 from cases import interpolate
 from grasp_lora.config import ControllerOptions, build
-from grasp_lora.controller import CONTROLLERS, calibrate, offline
+from grasp_lora.controller import CONTROLLERS, Controller, calibrate, offline
 from grasp_lora.files import read_jsonl
 
 
@@ -69,9 +76,15 @@ def main():
                     "measured probes")
     ap.add_argument("--periods", action="store_true", help="the committed periods' base losses against the grid's "
                     "slope (the stages of --controllers)")
+    ap.add_argument("--fork", metavar="VARIANT", help="where the stages of this recorded variant would first go "
+                    "otherwise under the options of --set, and the p* of those that never do")
     args = ap.parse_args()
     for name in args.case:
         case = Path(args.out) / name
+        if args.fork:
+            print(f"case {name}: {args.fork} with {' '.join(args.set) or 'its own options'}")
+            fork_report(case, grid_curve(case), args.fork, dict(kv.split("=", 1) for kv in args.set))
+            continue
         if args.periods:
             print(f"case {name}:")
             periods_report(case, grid_curve(case), args.controllers)
@@ -130,6 +143,59 @@ def analyse(rounds: list[list], committed: list[float], curve: dict[float, float
                                 source="replay"), loss_at, len(rounds)).result()["prune_ratio"] for s in args.seeds]
             print(f"    {c:<12}{p0:>6}  {' '.join(f'{p:.3f}' for p in ps):<24}"
                   f"{np.mean([regret(p) for p in ps]):>8.3f}{regret(p0):>12.3f}")
+
+
+class Diverged(Exception):
+    """The replayed controller probes ratios the recorded run did not."""
+
+
+def fork(history: list[dict], settings: ControllerOptions) -> tuple[int | None, float | None, Controller]:
+    """Replay a recorded run's rounds through a controller with `settings`: the step of the first round whose probes
+    or decision differ from the record (None when none does), the mean it then moves to (None when the probes
+    differ: nothing was decided), and the controller after the rounds replayed."""
+    row: dict = {}
+
+    def probe(ratios: list[float]) -> list[float]:
+        if not np.allclose(ratios, row["candidates"]):
+            raise Diverged
+        return [float("nan") if x is None else x for x in row["losses"]]
+
+    ctrl = Controller(settings, probe, lambda ratio: None, lambda: row["base_loss"], trace_fn=lambda ratios: {})
+    for row in history:
+        try:
+            record = ctrl.round(row["step"])
+        except Diverged:
+            return row["step"], None, ctrl
+        if record is None or any(abs(record[k] - row[k]) > 1e-9 for k in ("p_next", "mu_next", "sigma_next")):
+            return row["step"], None if record is None else record["mu_next"], ctrl
+    return None, None, ctrl
+
+
+def fork_report(case: Path, curve: dict[float, float], variant: str, changes: dict) -> None:
+    lo, hi = min(curve.values()), max(curve.values())
+    regret = lambda p: (interpolate(curve, p) - lo) / (hi - lo)
+    names = {f.name for f in dataclasses.fields(ControllerOptions)}
+    known = []
+    for stage in sorted(case.glob(f"search/{variant}/p*/seed*")):
+        done = json.loads((stage / "done.json").read_text())
+        history = read_jsonl(stage / "history.jsonl")
+        recorded = {k: v for k, v in done["options"].items() if k in names}
+        if recorded.get("probe") == "taylor":
+            raise SystemExit(f"{stage}: a taylor stage's estimates are not replayed; leave it out")
+        at, mu, ctrl = fork(history, build(ControllerOptions, overrides={**recorded, **changes}, source="replay"))
+        last = at is None or at == history[-1]["step"]  # a change only in the last round: no training follows it
+        p_star = ctrl.result()["prune_ratio"] if last else None
+        if p_star is not None:
+            known.append((stage.parent.name, regret(p_star)))
+        print(f"  {stage.relative_to(case)}: recorded p* {done['prune_ratio']:.3f}; "
+              + ("the same run" if at is None else f"goes otherwise at step {at}" + (
+                  f" (mu {history[[r['step'] for r in history].index(at)]['mu_next']:.3f} -> {mu:.3f})"
+                  if mu is not None else ""))
+              + (f": p* {p_star:.3f}, regret {regret(p_star):.3f}" if p_star is not None
+                 else f": needs a run (the record holds up to step {at})"))
+    for start in sorted({s for s, _ in known}):
+        r = [x for s, x in known if s == start]
+        print(f"  from {start}: mean regret {np.mean(r):.3f} over the {len(r)} stages known without a run")
 
 
 def periods_report(case: Path, curve: dict[float, float], controllers: list[str], skip: int = 3) -> None:

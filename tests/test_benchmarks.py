@@ -272,3 +272,37 @@ def test_a_stored_controller_stage_with_other_options_is_not_reused(tmp_path, mo
     bc.check_stored_options(tmp_path / "search/never-run", asked)
     with pytest.raises(SystemExit, match="commit_toward='best_candidate'; asked: commit_toward='policy_mean'"):
         bc.check_stored_options(stage, {**asked, "commit_toward": "policy_mean"})
+
+
+def test_replay_fork_finds_where_changed_options_first_decide_otherwise(tmp_path, monkeypatch, capsys):
+    """--fork: a recorded stage replayed with its own options is the same run (its p*); with the scatter taken at the
+    centre it goes otherwise at the round a decision changes; with another gap at the first round (other probes)."""
+    from dataclasses import asdict
+
+    from grasp_lora.config import ControllerOptions
+    from grasp_lora.controller import offline
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import replay_controller
+
+    case = tmp_path / "a"
+    stage_records(case, {42: {p: 1.0 + (p - 0.2) ** 2 for p in (0.1, 0.4, 0.8)}}, {})
+    rng = np.random.default_rng(0)
+    s = ControllerOptions(controller="pair", pair_move="sequential", sigma_init=0.1, hold_rounds=2, p_init=0.6)
+    ctrl = offline(s, lambda k, p, r: 2.0 - 0.01 * k + 3.0 * (r - 0.2) ** 2 + rng.normal(0, 0.07), 20)
+    d = case / "search/pair-seq/p0.6/seed42"
+    d.mkdir(parents=True)
+    (d / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ctrl.history))
+    (d / "done.json").write_text(json.dumps({**ctrl.result(), "options": asdict(s)}))
+    at_centre, _, _ = replay_controller.fork(ctrl.history, ControllerOptions(**{**asdict(s), "pair_scatter": "at_centre"}))
+    assert at_centre is not None and at_centre > ctrl.history[0]["step"]  # a move's jump in the lead is left out
+
+    def report(*changes: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["replay", "--out", str(tmp_path), "--case", "a", "--fork", "pair-seq",
+                                          *(x for c in changes for x in ("--set", c))])
+        replay_controller.main()
+        return next(line for line in capsys.readouterr().out.splitlines() if "seed42" in line)
+
+    assert f"the same run: p* {ctrl.result()['prune_ratio']:.3f}" in report()
+    assert f"goes otherwise at step {at_centre} (mu " in report("pair_scatter=at_centre")  # a decision differs
+    assert "goes otherwise at step 0: needs a run" in report("pair_gap=0.2")  # the probes differ
