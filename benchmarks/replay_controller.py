@@ -183,14 +183,15 @@ def fork_report(case: Path, curve: dict[float, float], variant: str, changes: di
         if recorded.get("probe") == "taylor":
             raise SystemExit(f"{stage}: a taylor stage's estimates are not replayed; leave it out")
         at, mu, ctrl = fork(history, build(ControllerOptions, overrides={**recorded, **changes}, source="replay"))
-        last = at is None or at == history[-1]["step"]  # a change only in the last round: no training follows it
+        # a decision changed only in the last round: no training follows it, so p* is exact (changed probes are not)
+        last = at is None or (mu is not None and at == history[-1]["step"])
         p_star = ctrl.result()["prune_ratio"] if last else None
         if p_star is not None:
             known.append((stage.parent.name, regret(p_star)))
+        was = next((r["mu_next"] for r in history if r["step"] == at), None)
         print(f"  {stage.relative_to(case)}: recorded p* {done['prune_ratio']:.3f}; "
-              + ("the same run" if at is None else f"goes otherwise at step {at}" + (
-                  f" (mu {history[[r['step'] for r in history].index(at)]['mu_next']:.3f} -> {mu:.3f})"
-                  if mu is not None else ""))
+              + ("the same run" if at is None else f"goes otherwise at step {at}"
+                 + (f" (mu {was:.3f} -> {mu:.3f})" if mu is not None else ""))
               + (f": p* {p_star:.3f}, regret {regret(p_star):.3f}" if p_star is not None
                  else f": needs a run (the record holds up to step {at})"))
     for start in sorted({s for s, _ in known}):
