@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from cases import (ADAPTER_STEPS, CASE_NAMES, DEMO_TARGETS, GRID, check_adapters, data_and_adapters, data_case,
-                   final_run, interpolate, keep_state)
+                   final_run, interpolate, keep_state, regret_on)
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
 from grasp_lora.controller import CONTROLLERS, RATIO_RULES, ControllerState, ratios_by_rule
 from grasp_lora.files import read_jsonl, write_json
@@ -178,12 +178,6 @@ def discriminating_power(grid: dict[float, dict[int, float]]) -> float | None:
         return None
     curve = [np.mean(list(v.values())) for v in grid.values()]
     return float((max(curve) - min(curve)) / np.mean([np.std(list(v.values()), ddof=1) for v in grid.values()]))
-
-
-def regret_on(curve: dict[float, float], p: float) -> float:
-    """p's normalised regret on a val-loss curve, (curve(p) - min) / (max - min), linear between its ratios."""
-    lo, hi = min(curve.values()), max(curve.values())
-    return float((interpolate(curve, p) - lo) / (hi - lo))
 
 
 def one_seed_grid(complete: dict[float, dict[int, float]]) -> dict | None:

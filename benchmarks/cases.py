@@ -81,6 +81,12 @@ def interpolate(curve: dict[float, float], p: float) -> float:
     return float(np.interp(p, xs, [curve[x] for x in xs]))
 
 
+def regret_on(curve: dict[float, float], p: float) -> float:
+    """p's normalised regret on a val-loss curve, (curve(p) - min) / (max - min), linear between its ratios."""
+    lo, hi = min(curve.values()), max(curve.values())
+    return float((interpolate(curve, p) - lo) / (hi - lo))
+
+
 STAGE_RECORDS = ("done.json", "history.jsonl", "ratio.json", "val_log.jsonl")  # val logs: how early a run ranks
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cases import interpolate
+from cases import interpolate, regret_on
 from grasp_lora.config import ControllerOptions, build
 from grasp_lora.controller import CONTROLLERS, Controller, calibrate, offline
 from grasp_lora.files import read_jsonl
@@ -123,8 +123,7 @@ def main():
 
 
 def analyse(rounds: list[list], committed: list[float], curve: dict[float, float], args, options: dict) -> None:
-    lo, hi = min(curve.values()), max(curve.values())
-    regret = lambda p: (interpolate(curve, p) - lo) / (hi - lo)
+    regret = lambda p: regret_on(curve, p)
     rhos = [spearman([l for r, l in t if r in curve], [curve[r] for r, _ in t if r in curve]) for t in rounds]
     print(f"    per round, Spearman(probe loss, grid val loss): {' '.join(f'{x:+.2f}' for x in rhos)} "
           f"(mean {np.mean(rhos):+.2f})")
@@ -172,8 +171,7 @@ def fork(history: list[dict], settings: ControllerOptions) -> tuple[int | None, 
 
 
 def fork_report(case: Path, curve: dict[float, float], variant: str, changes: dict) -> None:
-    lo, hi = min(curve.values()), max(curve.values())
-    regret = lambda p: (interpolate(curve, p) - lo) / (hi - lo)
+    regret = lambda p: regret_on(curve, p)
     names = {f.name for f in dataclasses.fields(ControllerOptions)}
     known = []
     for stage in sorted(case.glob(f"search/{variant}/p*/seed*")):
