@@ -174,7 +174,7 @@ def fork_report(case: Path, curve: dict[float, float], variant: str, changes: di
     regret = lambda p: regret_on(curve, p)
     names = {f.name for f in dataclasses.fields(ControllerOptions)}
     known = []
-    for stage in sorted(case.glob(f"search/{variant}/p*/seed*")):
+    for stage in sorted(s for s in case.glob(f"search/{variant}/p*/seed*") if (s / "done.json").is_file()):  # finished
         done = json.loads((stage / "done.json").read_text())
         history = read_jsonl(stage / "history.jsonl")
         recorded = {k: v for k, v in done["options"].items() if k in names}

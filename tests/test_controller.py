@@ -416,6 +416,22 @@ def test_search_with_the_pair_controller(tmp_path, tiny_model, tiny_adapters, de
     assert ratio["controller"] == "pair" and ratio["prune_ratio"] == hist[-1]["mu_next"] and ratio["probe_seconds"] > 0
 
 
+def test_pair_online_scores_the_members_on_their_own_training_steps(tmp_path, tiny_model, tiny_adapters, demo_data):
+    """--probe-loss online: a round's two losses are the members' training losses over its steps (each step's examples
+    scored before the member trains on them): the run's (the less pruned member) is its train log's mean over the
+    round, the twin's another; no micro-dev pass, so the probe time is the twin's steps only."""
+    out = tmp_path / "online"
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "pair", "--max-steps", 6,
+                            "--round-every", 3, "--hold-rounds", 1, "--probe-loss", "online")) == 0
+    hist, log = read_jsonl(out / "history.jsonl"), read_jsonl(out / "train_log.jsonl")
+    assert [r["step"] for r in hist] == [3, 6]
+    for rec in hist:
+        steps = [r["loss"] for r in log if rec["step"] - 3 < r["step"] <= rec["step"]]
+        assert rec["losses"][0] == pytest.approx(sum(steps) / 3)
+        assert math.isfinite(rec["losses"][1]) and rec["losses"][1] != rec["losses"][0]
+    assert all(r["seconds"] < 0.05 for r in hist)  # nothing but two sums read
+
+
 @pytest.mark.parametrize("refresh", ["once", "every_round"])
 def test_pair_members_are_pruned_by_their_own_importance_when_re_scored(tmp_path, tiny_model, tiny_adapters,
                                                                          demo_data, refresh):

@@ -38,13 +38,15 @@ def command(kind, tiny_model, tiny_adapters, demo_data, out):
                                      "--lookahead-steps", 2, "--trace-ratios", 0.3],
             "search-taylor": ["search", *common, *ads, "--round-every", 2, "--probe", "taylor"],
             "search-pair": ["search", *common, *ads, "--round-every", 2, "--controller", "pair", "--hold-rounds", 1],
+            "search-pair-online": ["search", *common, *ads, "--round-every", 3, "--controller", "pair",
+                                   "--hold-rounds", 1, "--probe-loss", "online"],
             "finetune-merged": ["finetune-merged", *common, *ads, "--prune-ratio", 0.5, "--criterion", "sensitivity"],
             "train-adapter": ["train-adapter", *common]}[kind]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["search", "search-reset-train", "search-fit-lookahead", "search-taylor",
-                                  "search-pair", "finetune-merged", "train-adapter"])
+                                  "search-pair", "search-pair-online", "finetune-merged", "train-adapter"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_adapters, demo_data, kind):
     ref = tmp_path / "ref"
     assert cli(*command(kind, tiny_model, tiny_adapters, demo_data, ref)) == 0

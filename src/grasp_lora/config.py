@@ -313,7 +313,10 @@ class ControllerOptions(Checked):
                                      "examples; without, the same masking loss every round)", choices=PROBE_FROM)
     probe_loss: str = opt("micro_dev", "what a look-ahead probe measures: the micro-dev loss after its steps, or the "
                                        "online loss during them (each step's examples scored before that step trains "
-                                       "on them: no micro-dev pass)", choices=PROBE_LOSSES)
+                                       "on them: no micro-dev pass); controller pair: the members' micro-dev loss, or "
+                                       "their own training losses over the round's steps, each step's examples scored "
+                                       "before the members train on them (fresh examples every round, no micro-dev "
+                                       "pass)", choices=PROBE_LOSSES)
     converge_sigma: float = opt(0.0, "stop probing once a round leaves sigma at or below this: the learned ratio p* "
                                      "is committed and the rest of the run trains at it without probes (0: probe "
                                      "to the end)")
@@ -346,9 +349,10 @@ class ControllerOptions(Checked):
             raise OptionError({"probe": "taylor", "lookahead_steps": self.lookahead_steps, "probe_from": self.probe_from},
                               "a taylor estimate is of the current weights, instantly: leave <lookahead_steps> at 0 "
                               "and <probe_from> at current")
-        if self.probe_loss == "online" and not self.lookahead_steps:
+        if self.probe_loss == "online" and not self.lookahead_steps and self.controller != "pair":
             raise OptionError({"probe_loss": "online", "lookahead_steps": 0},
-                              "the online loss is measured during look-ahead steps: set --lookahead-steps (e.g. 5)")
+                              "the online loss is measured during look-ahead steps: set --lookahead-steps (e.g. 5), "
+                              "or --controller pair (its members' own steps)")
         for name, value in CONTROLLERS[self.controller][1].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -61,6 +61,8 @@ class SearchHooks(PruneHooks):
                 raise OptionError({"controller": "pair"}, "trains its two members in one process: run it on one "
                                                           "device (without torchrun)")
             self.twin = Twin(setup.model, trainable(setup), cfg.lr, cfg.weight_decay)
+        # probe_loss online: each member's training losses summed over the round's steps (the run's, the twin's)
+        self._online = [0.0, 0.0, 0]
 
     def round_slice(self) -> LossProbe:
         """This round's probe_examples micro-dev examples: round k scores on places k*n .. k*n + n - 1 of a sequence
@@ -80,6 +82,10 @@ class SearchHooks(PruneHooks):
 
     def probe(self, ratios: list[float]) -> list[float]:
         if self.twin is not None:  # the members as they trained, each at its own ratio (the round's two candidates)
+            if self.cfg.probe_loss == "online":  # progressive validation: the round's examples, unseen when scored
+                run, twin, n = self._online
+                self._online = [0.0, 0.0, 0]
+                return [run / n, twin / n] if n else [math.nan, math.nan]
             return [self.loss_fn(), self.twin.run(self.loss_fn)]
         if self.set_up_probes:
             return [self.lookahead(self.probe_setup, r)[self.cfg.probe_loss] for r in ratios]
@@ -198,12 +204,13 @@ class SearchHooks(PruneHooks):
     def on_examples(self, group):
         self._group = group
 
-    def after_step(self, step):
+    def after_step(self, step, loss):
         if self.twin is not None:  # the twin's step on the same examples: the method's cost, counted as the probes'
             start = time.time()
-            self.twin.step(self._group, self.setup.tok.pad_token_id, self.setup.device,
-                           self.optimizer.param_groups[0]["lr"])
+            twin_loss = self.twin.step(self._group, self.setup.tok.pad_token_id, self.setup.device,
+                                       self.optimizer.param_groups[0]["lr"])
             self.probe_seconds += time.time() - start
+            self._online = [self._online[0] + loss, self._online[1] + twin_loss, self._online[2] + 1]
         if step % self.every == 0:
             self.controller_round(step)
         st = self.controller.state
@@ -212,7 +219,7 @@ class SearchHooks(PruneHooks):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "controller": self.controller.state_dict(), "probe_seconds": self.probe_seconds,
                 "scores": self._scores, **({"moments": self.moments.state_dict()} if self.moments else {}),
-                **({"twin": self.twin.state_dict()} if self.twin else {})}
+                **({"twin": self.twin.state_dict(), "online": self._online} if self.twin else {})}
 
     def load_state_dict(self, state: dict, step: int) -> None:
         super().load_state_dict(state, step)
@@ -223,6 +230,7 @@ class SearchHooks(PruneHooks):
             self.moments.load_state_dict(state["moments"])
         if self.twin is not None:
             self.twin.load_state_dict(state["twin"])
+            self._online = state.get("online", [0.0, 0.0, 0])  # a checkpoint from before the online signal
         if distributed.is_main():
             rounds = truncate_jsonl(self.history, lambda r: r["step"] <= step)
             check_log_length(self.history, rounds, self.controller.state.rounds, "controller rounds")

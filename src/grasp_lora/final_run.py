@@ -20,7 +20,7 @@ class RepruneHooks(PruneHooks):
         self.ratio = cfg.prune_ratio
         self.every_step = cfg.reprune == "every_step" and cfg.prune_ratio > 0
 
-    def after_step(self, step):
+    def after_step(self, step, loss):
         if self.every_step:
             self.prune_to(self.ratio)
         return {"p": self.ratio} if self.ratio > 0 else None

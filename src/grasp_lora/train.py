@@ -123,8 +123,9 @@ class Hooks:
     def before_step(self, step: int) -> None:
         """Called after backward, before the optimizer step (gradients are there)."""
 
-    def after_step(self, step: int) -> dict | None:
-        """Called after each optimizer step; may return fields for the log line and the progress bar."""
+    def after_step(self, step: int, loss: float) -> dict | None:
+        """Called after each optimizer step with the step's loss (its examples scored before it trained on them);
+        may return fields for the log line and the progress bar."""
         return None
 
     def state_dict(self) -> dict:
@@ -312,7 +313,7 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
                 optimizer.zero_grad(set_to_none=True)
                 progress.step += 1
                 progress.group += 1
-                extra = hooks.after_step(progress.step)
+                extra = hooks.after_step(progress.step, loss_value)
                 if main:
                     append_jsonl(train_log, {"step": progress.step, "epoch": epoch, "loss": loss_value,
                                              "lr": optimizer.param_groups[0]["lr"], **(extra or {})})
