@@ -190,3 +190,21 @@ def test_ray_on_a_running_cluster(tmp_path, tiny_model, monkeypatch):
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_changed_controller_option_redoes_the_search(tmp_path):
+    """The search stage depends on every controller option: a pair option changed (they were once left out of its
+    dependencies) gives it another fingerprint, so `run` redoes it instead of reusing the old ratio."""
+    from grasp_lora.config import ExperimentConfig, build
+    from grasp_lora.pipeline import CONTROLLER_KEYS, Experiment
+
+    def deps(**options) -> dict:
+        cfg = build(ExperimentConfig, overrides=dict(out=str(tmp_path), source_input="en.jsonl",
+                                                     target_input="ar.jsonl", controller="pair", **options))
+        return Experiment(cfg, tmp_path).depends("grasp/search", CONTROLLER_KEYS)
+
+    base = deps()
+    for change in (dict(pair_gap=0.2), dict(pair_move="sequential"), dict(hold_rounds=6), dict(pair_z=1.0),
+                   dict(pair_scatter="at_centre"), dict(trace_ratios=[0.3])):
+        assert deps(**change) != base, change
+    assert deps() == base

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PAIR_MOVES,
-                         PAIR_SCATTERS, PROBE_FROM, PROBE_LOSSES, PROBES, RATIO_RULES)
+from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PAIR_ENDS,
+                         PAIR_MOVES, PAIR_SCATTERS, PROBE_FROM, PROBE_LOSSES, PROBES, RATIO_RULES)
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
@@ -251,6 +251,9 @@ class ControllerOptions(Checked):
                                            "0.02: below it a round's candidates differ by noise only; pair 0.01)")
     pair_gap: float = opt(0.10, "pair: each member's distance from the centre ratio (the members train at centre "
                                 "-/+ it, inside [p_min, p_max])")
+    pair_ends: str = opt("clamp", "pair: the members near an end of the range: clamp (the gap cut on that side only, "
+                                  "so the pair reads the slope off the centre and steps toward the end) or centred "
+                                  "(both sides narrowed alike, so the pair stays centred on it)", choices=PAIR_ENDS)
     hold_rounds: int = opt(10, "pair: rounds before the centre moves (the members first train apart: a trained ratio's "
                                "advantage shows only after about 100 examples, benchmarks/RESULTS.md)")
     pair_smoothing: float = opt(0.0, "pair, rprop: the centre steps on an exponential moving average of the "
@@ -316,7 +319,8 @@ class ControllerOptions(Checked):
                                        "on them: no micro-dev pass); controller pair: the members' micro-dev loss, or "
                                        "their own training losses over the round's steps, each step's examples scored "
                                        "before the members train on them (fresh examples every round, no micro-dev "
-                                       "pass)", choices=PROBE_LOSSES)
+                                       "pass; on the first pass over the training set only: later rounds hold the "
+                                       "centre)", choices=PROBE_LOSSES)
     converge_sigma: float = opt(0.0, "stop probing once a round leaves sigma at or below this: the learned ratio p* "
                                      "is committed and the rest of the run trains at it without probes (0: probe "
                                      "to the end)")

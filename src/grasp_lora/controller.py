@@ -31,6 +31,7 @@ IMPORTANCE_REFRESH = ("once", "every_round")
 PROBE_FROM = ("current", "start")  # a look-ahead probe trains from the run's weights, or from its starting weights
 PROBE_LOSSES = ("micro_dev", "online")  # a look-ahead probe's loss: micro-dev after its steps, or online during them
 PAIR_MOVES = ("rprop", "sequential")  # pair: the centre steps on each round's lead, or on a test of the leads gathered
+PAIR_ENDS = ("clamp", "centred")  # pair: the members near an end of the range
 PAIR_SCATTERS = ("all", "at_centre")  # pair, sequential: the lead's changes its scatter is taken from
 PROBES = ("forward", "taylor")  # a candidate's loss change: measured by a micro-dev pass, or estimated (taylor.py)
 
@@ -375,9 +376,16 @@ def fit_round(st: ControllerState, candidates: list[float], rewards: list[float]
 
 
 def pair_ratios(centre: float, s: ControllerOptions) -> list[float]:
-    """The ratios of a paired run's two members: pair_gap either side of the centre, inside [p_min, p_max] (narrower
-    at an end of the range, so the centre can reach it)."""
-    return [clamp(centre - s.pair_gap, s.p_min, s.p_max), clamp(centre + s.pair_gap, s.p_min, s.p_max)]
+    """The ratios of a paired run's two members: pair_gap either side of the centre, inside [p_min, p_max]. Near an
+    end, pair_ends clamp cuts the gap on that side only, so the members' midpoint leaves the centre and their lead
+    reads the slope there instead: with members 0.2 out, a centre 0.2 sits at 0.1 / 0.4 and steps to the end even on
+    a curve whose optimum is 0.2 (tests/test_controller.py); centred narrows both sides alike. At an end itself the
+    members keep one side's gap: the centre can only move inward, and the lead says whether to."""
+    gap = s.pair_gap
+    room = min(centre - s.p_min, s.p_max - centre)
+    if s.pair_ends == "centred" and room > 1e-9:
+        gap = min(gap, room)
+    return [clamp(centre - gap, s.p_min, s.p_max), clamp(centre + gap, s.p_min, s.p_max)]
 
 
 def pair_difference(losses: list) -> float:

@@ -15,12 +15,13 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from .config import (DataPrepareConfig, EvaluateConfig, ExperimentConfig, FinetuneMergedConfig, GenerateConfig,
-                     LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig, save_config)
+from .config import (ControllerOptions, DataPrepareConfig, EvaluateConfig, ExperimentConfig, FinetuneMergedConfig,
+                     GenerateConfig, LoraHubConfig, ReportConfig, SearchConfig, TiesConfig, TrainAdapterConfig,
+                     save_config)
 from .errors import NumericalError
 from .files import identity, read_json, write_json
 from .model_card import add_metrics
@@ -43,12 +44,10 @@ TRAIN_KEYS = ("model", "dtype", "task", "lr", "weight_decay", "gamma", "epochs",
 EVAL_KEYS = ("model", "dtype", "task", "generate_limit", "generate_batch_size", "max_new_tokens", "bertscore_model")
 MERGED_KEYS = TRAIN_KEYS + ("merge_form",)
 FINAL_KEYS = MERGED_KEYS + ("final_criterion", "reprune")
+# every controller option, read off the dataclass: a hand-kept list had left the pair options out, so a changed
+# --pair-gap reused the old search
 CONTROLLER_KEYS = MERGED_KEYS + ("search_criterion", "search_batch_size", "search_grad_accum", "search_max_steps",
-                                 "seed", "controller", "p_min", "p_max", "p_init", "sigma_init", "round_every",
-                                 "group_size", "policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "sigma_floor",
-                                 "max_ratio_step", "max_policy_step", "controller_seed", "probe_examples",
-                                 "lookahead_steps", "lookahead_batch", "probe_from", "probe_loss", "converge_sigma",
-                                 "importance_refresh", "commit_toward", "commit_mask", "ratio_rule", "advantage")
+                                 "seed") + tuple(f.name for f in fields(ControllerOptions))
 
 
 @dataclass

@@ -100,6 +100,11 @@ def example_losses(model, examples: list[dict], pad_id: int, device: torch.devic
     return LossProbe(examples, pad_id, device, batch_size).losses(model)
 
 
+def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one pass over `n_examples` (the last micro-batch and the last group may be short)."""
+    return math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """Data order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -247,7 +252,7 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
         for log in (train_log, val_log):
             log.unlink(missing_ok=True)
 
-    groups_per_epoch = math.ceil(math.ceil(len(train_examples) / settings.batch_size) / settings.grad_accum)
+    groups_per_epoch = steps_per_epoch(len(train_examples), settings.batch_size, settings.grad_accum)
     total = settings.epochs * groups_per_epoch
     if settings.max_steps:
         total = min(total, settings.max_steps)
