@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ import numpy as np
 from cases import (ADAPTER_STEPS, CASE_NAMES, DEMO_TARGETS, GRID, check_adapters, data_and_adapters, data_case,
                    final_run, interpolate, keep_state, regret_on)
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
-from grasp_lora.controller import CONTROLLERS, RATIO_RULES, ControllerState, ratios_by_rule
+from grasp_lora.controller import CONTROLLERS, RATIO_RULES, SHARED_DEFAULTS, ControllerState, ratios_by_rule, trains_pair
 from grasp_lora.files import read_jsonl, write_json
 from grasp_lora.pipeline import Experiment, search_batching
 from grasp_lora.prune import CRITERIA
@@ -89,14 +89,18 @@ def run_case(name: str, cfg: ExperimentConfig, out: Path, grid_seeds: list[int],
         return fn
 
     def controller(seed: int, opts: dict, folder: str):
-        search_cfg = exp.train_cfg(SearchConfig, data=target, adapters=adapters, out=str(out / folder),
-                                   merge_form=cfg.merge_form, criterion=cfg.search_criterion,
-                                   controller_seed=seed, resume=True, **search_batching(cfg))
         # another controller: the options the case's config resolved from its own controller's preset go back to
-        # unset, so they take this controller's values (those the variant names itself still win)
-        reset = {k: None for k in CONTROLLERS[opts["controller"]][1]} if "controller" in opts else {}
+        # unset, so they take this controller's values (those the variant names itself still win), and so do the
+        # search batching and criterion the experiment gives it
+        reset = {k: None for k in {**SHARED_DEFAULTS, **CONTROLLERS[opts["controller"]][1]}} if "controller" in opts \
+            else {}
+        own = replace(cfg, controller=opts["controller"], search_batch_size=None, search_grad_accum=None,
+                      search_criterion=None, **reset) if "controller" in opts else cfg
+        search_cfg = exp.train_cfg(SearchConfig, data=target, adapters=adapters, out=str(out / folder),
+                                   merge_form=cfg.merge_form, criterion=own.search_criterion,
+                                   controller_seed=seed, resume=True, **search_batching(own))
         # pair draws nothing from its RNG: its seeds are data seeds (else its three runs would be one)
-        data_seed = {"seed": seed} if opts.get("controller", cfg.controller) == "pair" else {}
+        data_seed = {"seed": seed} if trains_pair(own.controller) else {}
         run_cfg = build(SearchConfig, overrides={**search_cfg.__dict__, **reset, **opts, **data_seed},
                         source="variant")
         options = {f.name: getattr(run_cfg, f.name) for f in fields(ControllerOptions)}

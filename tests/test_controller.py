@@ -174,15 +174,14 @@ def test_sequential_pair_finds_a_synthetic_optimum_from_any_start(optimum, start
 
 @pytest.mark.parametrize("optimum", [0.2, 0.7])
 def test_wide_pair_stays_centred_near_an_end_of_the_range(optimum):
-    """Members 0.2 out (pair_gap 0.2, the es300 runs'): clamped at an end, a centre 0.2 trains at 0.1 / 0.4, whose
+    """Members 0.2 out (pair_gap 0.2, the es300 runs' and pair-online's): clamped at an end, a centre 0.2 trains at 0.1 / 0.4, whose
     midpoint is 0.25, so on a curve with its optimum at 0.2 the lead points down and the centre steps to the end,
     noiseless, from every start. Narrowed alike on both sides (pair_ends centred), the pair stays centred and ends
     on the optimum: exactly noiseless, within 0.10 on average over 10 draws of noise of the measured size."""
-    def error(ends, start, noise, seed):
-        ctrl = learned("pair", optimum, start, noise, 25, seed, pair_move="sequential", sigma_init=0.1, pair_gap=0.2,
-                       hold_rounds=6, pair_ends=ends)
+    def error(ends, start, noise, seed):  # pair-online's options (its preset: centred), in its 25 rounds on es300
+        ctrl = learned("pair-online", optimum, start, noise, 25, seed, pair_ends=ends)
         return abs(ctrl.result()["prune_ratio"] - optimum)
-    s = ControllerOptions(controller="pair", pair_gap=0.2, pair_ends="centred")
+    s = ControllerOptions(controller="pair-online")
     assert [x for c in (0.1, 0.2, 0.4, 0.7, 0.8) for x in pair_ratios(c, s)] == pytest.approx(
         [0.1, 0.3, 0.1, 0.3, 0.2, 0.6, 0.6, 0.8, 0.6, 0.8])
     for start in (0.2, 0.4, 0.6):
@@ -299,7 +298,31 @@ def test_rank_utilities_and_presets():
     paper = ControllerOptions(controller="paper")
     assert (paper.ratio_rule, paper.policy_lr, paper.entropy_bonus) == ("best_trial", 0.05, 0.01)
     assert ControllerOptions(controller="paper", ratio_rule="pooled").ratio_rule == "pooled"  # a set option wins
-    assert set(CONTROLLERS) == {"paper", "reinforce", "sliced", "nes", "fit", "pair"}
+    assert set(CONTROLLERS) == {"paper", "reinforce", "sliced", "nes", "fit", "pair", "pair-online"}
+
+
+def test_pair_online_is_the_measured_pair_recipe_in_one_flag():
+    """--controller pair-online sets the options of the es300 runs `pair-seq-on-g2c` (benchmarks/RESULTS.md), where
+    pair alone keeps its own; a value the user sets wins. In an experiment its members train as a final run does
+    (batching and criterion); the other controllers keep the authors' batch-1 magnitude search."""
+    from grasp_lora.config import ExperimentConfig
+
+    recipe = dict(pair_move="sequential", sigma_init=0.1, pair_gap=0.2, pair_ends="centred", hold_rounds=6,
+                  round_every=2, probe_loss="online", importance_refresh="every_round")
+    online, pair = ControllerOptions(controller="pair-online"), ControllerOptions(controller="pair")
+    assert {k: getattr(online, k) for k in recipe} == recipe
+    assert all(getattr(pair, k) != v for k, v in recipe.items())
+    assert ControllerOptions(controller="pair-online", pair_gap=0.1, round_every=4).pair_gap == 0.1
+    assert (online.probe_examples, online.max_policy_step, online.sigma_floor) == (0, 0.10, 0.01)
+
+    def search(**options):
+        c = build(ExperimentConfig, overrides=dict(source_input="en.jsonl", target_input="ar.jsonl", batch_size=2,
+                                                   grad_accum=3, max_steps=50, **options))
+        return c.search_batch_size, c.search_grad_accum, c.search_criterion
+    assert search(controller="pair-online") == (2, 3, "input_weighted")
+    assert search(controller="pair-online", final_criterion="magnitude") == (2, 3, "magnitude")
+    assert search(controller="pair-online", search_batch_size=1) == (1, 3, "input_weighted")
+    assert search() == search(controller="pair") == (1, 1, "magnitude")
 
 
 def test_from_prior_flag():
@@ -439,9 +462,9 @@ def test_pair_online_scores_the_members_on_their_own_training_steps(tmp_path, ti
     """--probe-loss online: a round's two losses are the members' training losses over its steps (each step's examples
     scored before the member trains on them): the run's (the less pruned member) is its train log's mean over the
     round, the twin's another; no micro-dev pass, so the probe time is the twin's steps only."""
-    out = tmp_path / "online"
-    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "pair", "--max-steps", 6,
-                            "--round-every", 3, "--hold-rounds", 1, "--probe-loss", "online")) == 0
+    out = tmp_path / "online"  # pair-online: --probe-loss online is its preset's
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "pair-online", "--max-steps", 6,
+                            "--round-every", 3, "--hold-rounds", 1)) == 0
     hist, log = read_jsonl(out / "history.jsonl"), read_jsonl(out / "train_log.jsonl")
     assert [r["step"] for r in hist] == [3, 6]
     for rec in hist:

@@ -18,8 +18,9 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, PAIR_ENDS,
-                         PAIR_MOVES, PAIR_SCATTERS, PROBE_FROM, PROBE_LOSSES, PROBES, RATIO_RULES)
+from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH,
+                         MEMBERS_TRAIN_AS_FINAL_RUN, PAIR_ENDS, PAIR_MOVES, PAIR_SCATTERS, PROBE_FROM, PROBE_LOSSES,
+                         PROBES, RATIO_RULES, SHARED_DEFAULTS, trains_pair)
 from .data.records import TASKS
 from .data.splits import SPLITS
 from .errors import OptionError, UserError
@@ -234,13 +235,16 @@ class ControllerOptions(Checked):
                                     "sigma = its uncertainty), pair (two members trained side by side at the "
                                     "centre -/+ --pair-gap on the same examples, each scored at its own ratio; the "
                                     "centre steps toward the one ahead: a grid run's comparison, inside one run, at "
-                                    "twice its training)",
+                                    "twice its training), pair-online (pair as measured best: members 0.2 apart either "
+                                    "side, scored on their own first-pass training losses, moved by a sequential "
+                                    "test; in an experiment they train as a final run does)",
                           choices=CONTROLLERS)
     p_min: float = opt(0.10, "lowest prune ratio the controller may choose")
     p_max: float = opt(0.80, "highest prune ratio the controller may choose")
     p_init: float = opt(0.40, "initial committed ratio p and policy mean mu")
-    sigma_init: Optional[float] = opt(None, "initial policy std (default (p_max - p_min) / 6; pair: the centre's first step, 0.05)")
-    round_every: int = opt(10, "K: optimizer steps between controller rounds")
+    sigma_init: Optional[float] = opt(None, "initial policy std (default (p_max - p_min) / 6; pair: the centre's first "
+                                           "step, 0.05, pair-online 0.1)")
+    round_every: Optional[int] = opt(None, "K: optimizer steps between controller rounds (10; pair-online 2)")
     group_size: int = opt(3, "G: candidate ratios probed per round")
     policy_lr: Optional[float] = opt(None, "eta: policy learning rate (paper/reinforce 0.05; nes: the step of mu in "
                                            "units of sigma, 1.0)")
@@ -249,22 +253,24 @@ class ControllerOptions(Checked):
     entropy_bonus: Optional[float] = opt(None, "lambda: added to sigma each round (paper/reinforce 0.01)")
     sigma_floor: Optional[float] = opt(None, "the least sigma the policy keeps (paper/reinforce 1e-3; sliced, nes, fit "
                                            "0.02: below it a round's candidates differ by noise only; pair 0.01)")
-    pair_gap: float = opt(0.10, "pair: each member's distance from the centre ratio (the members train at centre "
-                                "-/+ it, inside [p_min, p_max])")
-    pair_ends: str = opt("clamp", "pair: the members near an end of the range: clamp (the gap cut on that side only, "
-                                  "so the pair reads the slope off the centre and steps toward the end) or centred "
-                                  "(both sides narrowed alike, so the pair stays centred on it)", choices=PAIR_ENDS)
-    hold_rounds: int = opt(10, "pair: rounds before the centre moves (the members first train apart: a trained ratio's "
-                               "advantage shows only after about 100 examples, benchmarks/RESULTS.md)")
+    pair_gap: Optional[float] = opt(None, "pair: each member's distance from the centre ratio (the members train at "
+                                          "centre -/+ it, inside [p_min, p_max]; 0.10, pair-online 0.2)")
+    pair_ends: Optional[str] = opt(None, "pair: the members near an end of the range: clamp (pair; the gap cut on "
+                                         "that side only, so the pair reads the slope off the centre and steps toward "
+                                         "the end) or centred (pair-online; both sides narrowed alike, so the pair "
+                                         "stays centred on it)", choices=PAIR_ENDS)
+    hold_rounds: Optional[int] = opt(None, "pair: rounds before the centre moves (the members first train apart: a "
+                                           "trained ratio's advantage shows only after about 100 examples, "
+                                           "benchmarks/RESULTS.md; 10, pair-online 6)")
     pair_smoothing: float = opt(0.0, "pair, rprop: the centre steps on an exponential moving average of the "
                                      "members' difference over the rounds after the hold, with this weight on the "
                                      "past (0: each round's own difference; 0.8 did worse on MLQA es: "
                                      "benchmarks/RESULTS.md)")
-    pair_move: str = opt("rprop", "pair: how the centre moves after the hold: rprop (a step every round toward the "
-                                  "member ahead that round, longer while rounds agree, halved when they do not) or "
-                                  "sequential (a step only when the leads gathered since the last move differ from 0 "
-                                  "by --pair-z standard errors; halved when a move reverses the one before)",
-                         choices=PAIR_MOVES)
+    pair_move: Optional[str] = opt(None, "pair: how the centre moves after the hold: rprop (pair; a step every round "
+                                         "toward the member ahead that round, longer while rounds agree, halved when "
+                                         "they do not) or sequential (pair-online; a step only when the leads gathered "
+                                         "since the last move differ from 0 by --pair-z standard errors; halved when a "
+                                         "move reverses the one before)", choices=PAIR_MOVES)
     pair_z: float = opt(1.5, "pair, sequential: the z score of the gathered leads that moves the centre")
     pair_scatter: str = opt("all", "pair, sequential: the lead's round-to-round changes its scatter is taken from: "
                                    "all (after half the hold) or at_centre (only between rounds at the same centre: "
@@ -273,9 +279,9 @@ class ControllerOptions(Checked):
     max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
                                                  "round (sliced 0.05; pair 0.10, its largest step; 0: unbounded, the paper)")
     controller_seed: int = opt(42, "seed of the controller's own RNG (separate from data shuffling)")
-    importance_refresh: str = opt("once", "score importance once at the first round (the authors) or every round "
-                                          "(pair: each member by its own weights)",
-                                  choices=IMPORTANCE_REFRESH)
+    importance_refresh: Optional[str] = opt(None, "score importance once at the first round (the authors) or every "
+                                                  "round (pair-online: each member by its own weights)",
+                                            choices=IMPORTANCE_REFRESH)
     commit_toward: Optional[str] = opt(None, "where the committed ratio moves each round, by at most Delta: toward the "
                                              "round's best candidate when it beats the committed ratio's loss "
                                              "(paper, reinforce), or after the policy mean mu (sliced, nes, fit)",
@@ -314,13 +320,13 @@ class ControllerOptions(Checked):
                                      "trained under) or its starting weights, re-pruned to each ratio (with look-ahead: "
                                      "trained at the peak learning rate from fresh optimizer moments on that round's "
                                      "examples; without, the same masking loss every round)", choices=PROBE_FROM)
-    probe_loss: str = opt("micro_dev", "what a look-ahead probe measures: the micro-dev loss after its steps, or the "
+    probe_loss: Optional[str] = opt(None, "what a look-ahead probe measures: the micro-dev loss after its steps, or the "
                                        "online loss during them (each step's examples scored before that step trains "
                                        "on them: no micro-dev pass); controller pair: the members' micro-dev loss, or "
                                        "their own training losses over the round's steps, each step's examples scored "
                                        "before the members train on them (fresh examples every round, no micro-dev "
                                        "pass; on the first pass over the training set only: later rounds hold the "
-                                       "centre)", choices=PROBE_LOSSES)
+                                       "centre; micro_dev, pair-online online)", choices=PROBE_LOSSES)
     converge_sigma: float = opt(0.0, "stop probing once a round leaves sigma at or below this: the learned ratio p* "
                                      "is committed and the rest of the run trains at it without probes (0: probe "
                                      "to the end)")
@@ -333,6 +339,9 @@ class ControllerOptions(Checked):
                 or not 0 <= self.p_min <= self.p_init <= self.p_max < 1:
             raise OptionError({"p_min": self.p_min, "p_init": self.p_init, "p_max": self.p_max},
                               "need 0 <= p_min <= p_init <= p_max < 1")
+        for name, value in {**SHARED_DEFAULTS, **CONTROLLERS[self.controller][1]}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         above(self, "sigma_init", 0)
         for name in ("round_every", "group_size"):
             at_least(self, name, 1)
@@ -345,21 +354,20 @@ class ControllerOptions(Checked):
         above(self, "pair_z", 0)
         if not 0 <= self.pair_smoothing < 1:
             raise OptionError({"pair_smoothing": self.pair_smoothing}, "must be in [0, 1)")
-        if self.controller == "pair" and (self.probe != "forward" or self.lookahead_steps or self.probe_from != "current"):
-            raise OptionError({"controller": "pair", "probe": self.probe, "lookahead_steps": self.lookahead_steps,
-                               "probe_from": self.probe_from}, "pair scores its two members as they train: leave "
+        if trains_pair(self.controller) and (self.probe != "forward" or self.lookahead_steps
+                                             or self.probe_from != "current"):
+            raise OptionError({"controller": self.controller, "probe": self.probe,
+                               "lookahead_steps": self.lookahead_steps, "probe_from": self.probe_from},
+                              "pair scores its two members as they train: leave "
                               "<probe> at forward, <lookahead_steps> at 0 and <probe_from> at current")
         if self.probe == "taylor" and (self.lookahead_steps or self.probe_from != "current"):
             raise OptionError({"probe": "taylor", "lookahead_steps": self.lookahead_steps, "probe_from": self.probe_from},
                               "a taylor estimate is of the current weights, instantly: leave <lookahead_steps> at 0 "
                               "and <probe_from> at current")
-        if self.probe_loss == "online" and not self.lookahead_steps and self.controller != "pair":
+        if self.probe_loss == "online" and not self.lookahead_steps and not trains_pair(self.controller):
             raise OptionError({"probe_loss": "online", "lookahead_steps": 0},
                               "the online loss is measured during look-ahead steps: set --lookahead-steps (e.g. 5), "
                               "or --controller pair (its members' own steps)")
-        for name, value in CONTROLLERS[self.controller][1].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
         for name in ("policy_lr", "sigma_lr", "kl_coef", "entropy_bonus", "probe_examples", "max_policy_step"):
             at_least(self, name, 0)
         above(self, "sigma_floor", 0)
@@ -544,12 +552,14 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
     grid_seeds: list[int] = opt([], "seeds of the grid (default: --seeds)")
     methods: list[str] = opt(list(METHODS), "rows of the table to produce", choices=METHODS)
     merge_form: str = opt("sum", "merge form of the merged runs", choices=FORMS)
-    search_batch_size: int = opt(1, "examples per micro-batch of the controller run (the final and grid runs: --batch-size)")
-    search_grad_accum: int = opt(1, "micro-batches per optimizer step of the controller run (the authors: 1; the final "
-                                    "and grid runs: --grad-accum)")
+    search_batch_size: Optional[int] = opt(None, "examples per micro-batch of the controller run (default 1; "
+                                                 "pair-online: --batch-size, its members train as a final run does)")
+    search_grad_accum: Optional[int] = opt(None, "micro-batches per optimizer step of the controller run (default 1, "
+                                                 "the authors'; pair-online: --grad-accum)")
     search_max_steps: Optional[int] = opt(None, "step cap of the controller run (default: the steps that see as many "
                                                 "examples as --max-steps does in a final run; 0 = no cap)")
-    search_criterion: str = opt("magnitude", "importance criterion of the controller run", choices=CRITERIA)
+    search_criterion: Optional[str] = opt(None, "importance criterion of the controller run (default magnitude; "
+                                                "pair-online: --final-criterion)", choices=CRITERIA)
     final_criterion: str = opt("input_weighted", "importance criterion of the grid and final runs", choices=CRITERIA)
     reprune: str = opt("every_step", "re-prune schedule of the grid and final runs", choices=REPRUNE)
     ties_density: float = opt(0.5, "TIES: kept fraction of each task vector")
@@ -571,6 +581,11 @@ class ExperimentConfig(ControllerOptions, TrainOptions, ModelOptions):
                                                     "machine has GPUs, else 0)")
 
     def check(self):
+        as_final = self.controller in MEMBERS_TRAIN_AS_FINAL_RUN
+        for name, own, final in (("search_batch_size", 1, self.batch_size), ("search_grad_accum", 1, self.grad_accum),
+                                 ("search_criterion", "magnitude", self.final_criterion)):
+            if getattr(self, name) is None:
+                setattr(self, name, final if as_final else own)
         for name in ("seeds", "grid", "methods"):
             if not getattr(self, name):
                 raise OptionError(name, "needs at least one value")

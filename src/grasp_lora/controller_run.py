@@ -17,7 +17,7 @@ from . import distributed, prune
 from .adapter_io import export_peft
 from .config import SearchConfig
 from .errors import OptionError
-from .controller import Controller, ControllerState, pair_ratios, probe
+from .controller import Controller, ControllerState, pair_ratios, probe, trains_pair
 from .files import append_jsonl, atomic_path, truncate_jsonl, write_json
 from .merged_run import MergedSetup, PruneHooks, run_folder, setup_merged, trainable
 from .model_card import write_model_card
@@ -56,10 +56,10 @@ class SearchHooks(PruneHooks):
         # controller pair: the run's weights are the less pruned member, the twin the more pruned one
         self.twin: Twin | None = None
         self._group: list[list[dict]] = []
-        if cfg.controller == "pair":
+        if trains_pair(cfg.controller):
             if distributed.active():
-                raise OptionError({"controller": "pair"}, "trains its two members in one process: run it on one "
-                                                          "device (without torchrun)")
+                raise OptionError({"controller": cfg.controller}, "trains its two members in one process: run it on "
+                                                                  "one device (without torchrun)")
             self.twin = Twin(setup.model, trainable(setup), cfg.lr, cfg.weight_decay)
         # probe_loss online: each member's training losses summed over the round's steps (the run's, the twin's),
         # on the first pass over the training set only: an example seen before is no longer held out, and scored
