@@ -4,6 +4,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 
 from conftest import SHARED_DATA, cli, needs_shared
 from grasp_lora.metrics.bleu import bleu_tokenizer, corpus_bleu
@@ -95,6 +96,40 @@ def test_bertscore_missing_encoder_is_an_error(tmp_path, capsys):
                tmp_path / "m.json", "--bertscore-model", tmp_path / "nothing") == 2
     assert "not a Hugging Face encoder folder" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
+
+
+def tiny_encoder(folder):
+    """A random 2-layer BERT with a word-level vocabulary, saved as a Hugging Face encoder folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = "[PAD] [UNK] [CLS] [SEP] [MASK] omar lives in cairo is living four cats sleep under a green umbrella ."
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(words.split()) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=64).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(words.split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_bertscore_encoder_folder_whose_path_says_t5(tmp_path):
+    """bert-score alone loads any name containing "t5" as a T5; a BERT folder under such a path must still score."""
+    from bert_score import BERTScorer
+
+    from grasp_lora.metrics.bertscore import bertscore
+
+    enc = tiny_encoder(tmp_path / "tmpt5cache" / "encoder")
+    pred, close, far = "omar lives in cairo .", "omar is living in cairo .", "four cats sleep under a green umbrella ."
+    ours = bertscore([pred, pred], [[close], [far, close]], "en", str(enc), 1)
+    assert ours["bertscore_layer"] == 1 and ours["bertscore_model"] == str(enc.resolve())
+    # the same encoder where its path has no "t5": bert-score's own scorer gives the same figure
+    plain = tmp_path / "plain"
+    plain.symlink_to(enc)
+    _, _, f = BERTScorer(model_type=str(plain), num_layers=1, use_fast_tokenizer=True).score([pred], [close])
+    assert ours["bertscore_f1"] == pytest.approx(100 * float(f[0]), abs=1e-4)  # both score their best reference
+    same = bertscore([pred], [[pred]], "en", str(enc), None)  # the layer defaults to the folder's last
+    assert same["bertscore_layer"] == 2 and same["bertscore_f1"] == pytest.approx(100, abs=1e-3)
 
 
 @pytest.mark.slow
