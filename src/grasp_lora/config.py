@@ -403,8 +403,11 @@ class TrainAdapterConfig(LoraOptions, TrainOptions, DataOptions, ModelOptions):
 
 @dataclass(kw_only=True)
 class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
-    grad_accum: int = opt(1, "micro-batches per optimizer step (the authors' controller run: 1, so 50 examples "
-                             "give 50 steps and 5 rounds at K = 10)")
+    grad_accum: Optional[int] = opt(None, "micro-batches per optimizer step (default 1, the authors' controller run: "
+                                          "50 examples give 50 steps and 5 rounds at K = 10; pair-online: 8, its "
+                                          "members train as finetune-merged does)")
+    criterion: Optional[str] = opt(None, "importance criterion of the pruning mask (default magnitude; pair-online: "
+                                         "input_weighted, as finetune-merged)", choices=CRITERIA)
     export_adapter: bool = opt(False, "one-run mode: also export ONE PEFT adapter from this run, its best-val weights "
                                       "pruned at the learned ratio with this run's criterion, to OUT/adapter "
                                       "(no final run needed)")
@@ -414,6 +417,11 @@ class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, 
         if len(self.adapters) < 2:
             raise OptionError("adapters", "needs two or more PEFT adapter folders to merge, source first (a prune "
                                           "ratio is learned for merged adapters)")
+        as_final = self.controller in MEMBERS_TRAIN_AS_FINAL_RUN
+        final = {f.name: f.default for f in dataclasses.fields(FinetuneMergedConfig)}
+        for name, own in (("grad_accum", 1), ("criterion", "magnitude")):
+            if getattr(self, name) is None:
+                setattr(self, name, final[name] if as_final else own)
 
 
 @dataclass(kw_only=True)
