@@ -49,16 +49,17 @@ import numpy as np
 
 from cases import CASE_NAMES, GRID, check_adapters, data_and_adapters, data_case, final_run, interpolate, keep_state
 from grasp_lora.config import ControllerOptions, ExperimentConfig, SearchConfig, build
+from grasp_lora.controller import trains_pair
 from grasp_lora.files import RUN_NAME, read_jsonl
 from grasp_lora.pipeline import Experiment, search_batching
 from grasp_lora.report import grid_winner
 
 # The demo corpus's Arabic QA: 40 records to train on, 3 epochs of them per run (about 3 minutes on 2 cores).
-# The controller's round every K steps is set for ROUNDS rounds per run: a round's probes cost the same whatever K
-# is (the default `sliced`: G = 3 candidates on 2 micro-dev examples, about 2 s here), so the rounds, not K, set
-# what the probes add. The paper's protocol (a batch-1 controller run, K = 10) on the demo's 48 records is
-# `--rounds 14 --set target_sizes=48,16,16,32 --set search_batch_size=1 --set search_grad_accum=1`.
-ROUNDS = 10
+# The controller's round comes every K steps of its own (pair-online, the default: 2); `--rounds N` sets K for N
+# rounds per run instead: a probing controller's round costs the same whatever K is (`sliced`: G = 3 candidates on
+# 2 micro-dev examples, about 2 s here), so for it the rounds, not K, set what the probes add. The paper's protocol
+# (a batch-1 controller run, K = 10) on the demo's 48 records is `--rounds 14 --set target_sizes=48,16,16,32
+# --set search_batch_size=1 --set search_grad_accum=1 --set controller=sliced`.
 DEFAULTS = dict(source_sizes="96,16,0,16", target_sizes="40,16,16,32", lr=1e-3, batch_size=2, grad_accum=3,
                 eval_batch_size=16, patience=0, epochs=3, max_steps=0, seed=42, checkpoint_every=20, max_length=512,
                 max_new_tokens=16, generate_batch_size=16, ray_workers=1)
@@ -152,7 +153,7 @@ def main():
     ap.add_argument("--data", help="a prepared target data folder (with --adapters)")
     ap.add_argument("--adapters", nargs=2, metavar=("SRC", "TGT"), help="trained source and target PEFT adapters")
     ap.add_argument("--lang", default="ar", help="with --data: the target language")
-    ap.add_argument("--rounds", type=int, default=ROUNDS, help="controller rounds per run (sets K)")
+    ap.add_argument("--rounds", type=int, help="controller rounds per run (sets K; default: the controller's own K)")
     ap.add_argument("--curve-seeds", type=int, nargs="+", default=CURVE_SEEDS,
                     help="the grid's other seeds: the mean curve that scores every side's pick, and the winner's "
                          "seed-to-seed spread (run last, untimed)")
@@ -187,17 +188,19 @@ def main():
     per_step = cfg.batch_size * cfg.grad_accum
     steps = cfg.epochs * math.ceil(n_train / per_step)
     search_steps = cfg.epochs * math.ceil(n_train / (cfg.search_batch_size * cfg.search_grad_accum))
-    k = max(1, search_steps // args.rounds)
-    # runs: the grid at every seed + the final run + the controller run (about one run and its probes); ASHA at
-    # most the grid again
-    runs = len(GRID) * (1 + len(args.curve_seeds)) + 2 + (0 if args.no_asha else len(GRID))
+    k = cfg.round_every if args.rounds is None else max(1, search_steps // args.rounds)
+    rounds = search_steps // k
+    # runs: the grid at every seed + the final run + the controller run (about one run and its probes, or two
+    # members' runs); ASHA at most the grid again
+    pair = trains_pair(cfg.controller)
+    runs = len(GRID) * (1 + len(args.curve_seeds)) + 2 + pair + (0 if args.no_asha else len(GRID))
     hours = (runs * (SECONDS_PER_RUN + cfg.epochs * n_train * SECONDS_PER_EXAMPLE)
-             + args.rounds * SECONDS_PER_ROUND) / 3600
+             + (not pair) * rounds * SECONDS_PER_ROUND) / 3600
     print(f"bench_speedup: {cfg.model}, {cfg.source_lang} -> {cfg.target_lang} qa, {n_train} train examples, "
           f"{cfg.epochs} epochs per run ({steps} steps of batch {cfg.batch_size} x accumulation {cfg.grad_accum}; the "
           f"controller run: {search_steps} steps of batch {cfg.search_batch_size} x accumulation "
-          f"{cfg.search_grad_accum}, a round every K = {k} steps, {args.rounds} rounds, "
-          f"G = {cfg.group_size}), lr {cfg.lr}, no early stopping; about {hours:.1f} hours on 2 CPU cores "
+          f"{cfg.search_grad_accum}, {cfg.controller}, a round every K = {k} steps, {rounds} rounds"
+          f"{'' if pair else f', G = {cfg.group_size}'}), lr {cfg.lr}, no early stopping; about {hours:.1f} hours on 2 CPU cores "
           "by the demo's unit costs", flush=True)
 
     def run(p: float, seed: int, scored: bool = True):
@@ -230,7 +233,9 @@ def main():
         info = asha(exp, data, adapters, d, args.asha_reduction_factor)
         return {**info, "quality": quality(exp, data, info["adapter"], d / "quality")}
 
-    search = exp.stage("grasp/search", controller, {**deps, "rounds": args.rounds})
+    # the controller's resolved options: a run stored under another default controller is redone, not reused
+    options = {**{f.name: getattr(cfg, f.name) for f in fields(ControllerOptions)}, "round_every": k}
+    search = exp.stage("grasp/search", controller, {**deps, "controller_options": options})
     final = exp.stage("grasp/final", run(search["prune_ratio"], cfg.seed), {**run_deps, "p": search["prune_ratio"]})
     # last, untimed (the speed-ups are on disk before them): the grid's other seeds, the winner's first
     others = {p: [exp.stage(f"grid/p{p}/seed{s}", run(p, s, scored=False), run_deps)["val_loss"]
@@ -268,18 +273,21 @@ def main():
 
     # the costs behind those numbers: a run is a part outside its training loop (loading the model, the importance
     # statistics of input_weighted pruning, exporting the adapter), fixed as runs get more epochs, and a part per
-    # trained example (its val evaluations included); the controller run adds its probes, a fixed cost per round
+    # trained example (its val evaluations included); a probing controller run adds its probes, a fixed cost per
+    # round, where a pair's second member trains on every example: its cost is per example
     examples = cfg.epochs * n_train
     fixed_grid = float(np.mean([grid[p]["run_seconds"] - grid[p]["train_seconds"] for p in GRID]))
     t_grid = float(np.mean([grid[p]["train_seconds"] for p in GRID])) / examples
     fixed_search = search["run_seconds"] - search["train_seconds"]
-    t_search = (search["train_seconds"] - search["probe_seconds"]) / examples
     rounds = max(1, search["rounds"])
-    probes = search["probe_seconds"]
+    probe_share = search["probe_seconds"] / (search["train_seconds"] - search["probe_seconds"])
+    probes = 0.0 if pair else search["probe_seconds"]
+    t_search = (search["train_seconds"] - probes) / examples
+    extra = (f"its second member included ({probe_share:.2f} s per training second of the first)" if pair else
+             f"+ {probes / rounds:.1f} s of probes per round ({rounds} rounds: {probes / search['run_seconds']:.0%} "
+             f"of the controller run; probe seconds / training seconds {probe_share:.2f})")
     print(f"costs (outside the training loop + per trained example): a grid run {fixed_grid:.0f} s + {t_grid:.3f} s; "
-          f"the controller run {fixed_search:.0f} s + {t_search:.3f} s, + {probes / rounds:.1f} s of probes per round "
-          f"({rounds} rounds: {probes / search['run_seconds']:.0%} of the controller run; probe seconds / training "
-          f"seconds {probes / (search['train_seconds'] - probes):.2f})")
+          f"the controller run {fixed_search:.0f} s + {t_search:.3f} s, {extra}")
     for n in sorted({examples, 1000, 3000, 10000}):
         grid_run, one_run = fixed_grid + n * t_grid, fixed_search + n * t_search + probes
         print(f"  predicted at {n} trained examples per run (more epochs), {rounds} rounds: GRASP "

@@ -25,16 +25,21 @@ S = ControllerOptions(controller="paper")  # the authors' update, which the by-h
 def test_defaults_are_the_papers(argv):
     """The defaults a user gets from the CLI (the controller run, and `run`'s controller options)."""
     s = command_config(make_parser().parse_args(argv))
-    assert (s.p_min, s.p_max, s.p_init, s.round_every, s.group_size) == (0.10, 0.80, 0.40, 10, 3)
-    assert (s.policy_lr, s.kl_coef, s.entropy_bonus, s.max_ratio_step, s.controller_seed) == (0.05, 0.05, 0.01, 0.10, 42)
-    assert (s.advantage, s.commit_mask, s.importance_refresh) == ("none", "bounded", "once")
-    assert math.isclose(initial_sigma(s), 0.7 / 6)
-    # the default scores each round on 2 micro-dev examples, bounds mu's step, and lets p follow mu
-    assert (s.controller, s.commit_toward, s.probe_examples, s.max_policy_step) == ("sliced", "policy_mean", 2, 0.05)
+    assert (s.p_min, s.p_max, s.p_init, s.group_size, s.max_ratio_step, s.controller_seed) == (
+        0.10, 0.80, 0.40, 3, 0.10, 42)
+    # the default trains a pair 0.2 either side of the centre, read on its first-pass training losses every 2 steps
+    assert (s.controller, s.round_every, s.pair_gap, s.probe_loss, s.pair_move) == (
+        "pair-online", 2, 0.2, "online", "sequential")
+    paper = command_config(make_parser().parse_args(argv + ["--controller", "paper"]))  # the authors' protocol
+    assert (paper.round_every, paper.policy_lr, paper.kl_coef, paper.entropy_bonus) == (10, 0.05, 0.05, 0.01)
+    assert (paper.advantage, paper.commit_mask, paper.importance_refresh) == ("none", "bounded", "once")
+    assert math.isclose(initial_sigma(paper), 0.7 / 6)
+    assert (paper.commit_toward, paper.probe_examples, paper.max_policy_step) == ("best_candidate", 0, 0.0)
+    # sliced scores each round on 2 micro-dev examples, bounds mu's step, and lets p follow mu
+    sliced = command_config(make_parser().parse_args(argv + ["--controller", "sliced"]))
+    assert (sliced.commit_toward, sliced.probe_examples, sliced.max_policy_step) == ("policy_mean", 2, 0.05)
     nes = command_config(make_parser().parse_args(argv + ["--controller", "nes"]))
     assert (nes.commit_toward, nes.probe_examples, nes.ratio_rule) == ("policy_mean", 0, "policy_mean")
-    paper = command_config(make_parser().parse_args(argv + ["--controller", "paper"]))  # the authors' protocol
-    assert (paper.commit_toward, paper.probe_examples, paper.max_policy_step) == ("best_candidate", 0, 0.0)
 
 
 def test_policy_update_by_hand():
@@ -62,9 +67,9 @@ def test_policy_update_by_hand():
 def test_sliced_keeps_sigma_above_its_floor():
     """A stored MLQA de round (sliced from 0.6, seed 1337, step 40): the far candidate lost by a nat on that round's
     two examples and the raw-advantage step took sigma from 0.056 to the paper's floor, 1e-3, leaving later rounds'
-    candidates 0.001 apart. The default keeps sigma at 0.02 or above; the paper keeps its own floor."""
+    candidates 0.001 apart. sliced keeps sigma at 0.02 or above; the paper keeps its own floor."""
     mu, sigma, cands, adv = 0.663, 0.0556, [0.658, 0.781, 0.692], [0.688, -1.063, 0.375]
-    sliced, paper = ControllerOptions(), ControllerOptions(controller="paper")
+    sliced, paper = ControllerOptions(controller="sliced"), ControllerOptions(controller="paper")
     assert policy_update(mu, sigma, mu, cands, adv, paper)[1] == pytest.approx(1e-3)
     assert policy_update(mu, sigma, mu, cands, adv, sliced)[1] == pytest.approx(0.02)
     assert (sliced.sigma_floor, paper.sigma_floor) == (0.02, 1e-3)
@@ -280,7 +285,7 @@ def test_sigma_shrinks_when_the_rewards_agree():
     """fit: sigma is the uncertainty of the fitted minimum -- it falls to its floor when every probe agrees with one
     curve, and stays wider when they scatter; nes: the natural-gradient step shrinks sigma when the best candidates
     lie near mu."""
-    s0 = initial_sigma(ControllerOptions())
+    s0 = initial_sigma(ControllerOptions(controller="fit"))
     agree = learned("fit", 0.5, 0.4, 0.0, 8).state.sigma
     scatter = np.mean([learned("fit", 0.5, 0.4, 0.3, 8, seed).state.sigma for seed in range(5)])
     assert agree < s0 / 2 and scatter > 2 * agree
@@ -322,7 +327,8 @@ def test_pair_online_is_the_measured_pair_recipe_in_one_flag():
     assert search(controller="pair-online") == (2, 3, "input_weighted")
     assert search(controller="pair-online", final_criterion="magnitude") == (2, 3, "magnitude")
     assert search(controller="pair-online", search_batch_size=1) == (1, 3, "input_weighted")
-    assert search() == search(controller="pair") == (1, 1, "magnitude")
+    assert search() == search(controller="pair-online")  # the default
+    assert search(controller="sliced") == search(controller="pair") == (1, 1, "magnitude")
 
 
 def test_from_prior_flag():
@@ -330,7 +336,7 @@ def test_from_prior_flag():
     flat = offline(ControllerOptions(controller="reinforce"), lambda k, p, r: 1.0, 3).result()
     assert flat["from_prior"] and abs(flat["prune_ratio"] - 0.4) <= 0.05
     found = learned("fit", 0.7, 0.4, 0.0, 6).result()
-    assert not found["from_prior"] and found["min_sigma"] < initial_sigma(ControllerOptions())
+    assert not found["from_prior"] and found["min_sigma"] < initial_sigma(ControllerOptions(controller="fit"))
 
 
 def test_batched_micro_dev_loss_equals_unbatched(tiny_model, demo_data):
@@ -385,7 +391,7 @@ def test_search_history_replays_and_is_deterministic(tmp_path, tiny_model, tiny_
     histories = []
     for run in ("a", "b"):
         out = tmp_path / run
-        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out)) == 0
+        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "sliced")) == 0
         histories.append(read_jsonl(out / "history.jsonl"))
         ratio = json.loads((out / "ratio.json").read_text())
         assert set(ratio) >= {"prune_ratio", "rule", "best_reward", "rounds"}
@@ -396,25 +402,26 @@ def test_search_history_replays_and_is_deterministic(tmp_path, tiny_model, tiny_
     assert all(keys <= set(r) for r in a)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
     assert strip(a) == strip(b)
-    replay(a, ControllerOptions(round_every=2))
+    replay(a, ControllerOptions(controller="sliced", round_every=2))
     best = max((r, c) for rec in a for r, c in zip(rec["rewards"], rec["candidates"]) if math.isfinite(r))
     ratio = json.loads((tmp_path / "a" / "ratio.json").read_text())
     assert ratio["by_rule"]["best_trial"] == best[1] and ratio["best_candidate"] == best[1]
-    assert ratio["rule"] == "policy_mean" and ratio["prune_ratio"] == a[-1]["mu_next"]  # the default rule
+    assert ratio["rule"] == "policy_mean" and ratio["prune_ratio"] == a[-1]["mu_next"]  # its rule
     assert ratio["controller"] == "sliced" and isinstance(ratio["from_prior"], bool)
     assert ratio["rounds"] == 3
 
 
 def test_search_switches(tmp_path, tiny_model, tiny_adapters, demo_data):
     out = tmp_path / "s"
-    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--importance-refresh", "every_round",
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "sliced",
+                            "--importance-refresh", "every_round",
                             "--commit-toward", "best_candidate", "--commit-mask", "candidate", "--probe-examples", 0,
                             "--ratio-rule", "policy_mean", "--advantage", "std",
                             "--scope", "global", "--criterion", "sensitivity", "--trace-ratios", "0.2", "0.5")) == 0
     hist = read_jsonl(out / "history.jsonl")
     assert all([r for r, _ in rec["trace"]] == [0.2, 0.5] and all(math.isfinite(l) for _, l in rec["trace"])
                and rec["trace_seconds"] > 0 for rec in hist)
-    replay(hist, ControllerOptions(round_every=2, advantage="std", commit_mask="candidate",
+    replay(hist, ControllerOptions(controller="sliced", round_every=2, advantage="std", commit_mask="candidate",
                                    commit_toward="best_candidate"))
     ratio = json.loads((out / "ratio.json").read_text())
     assert ratio["rule"] == "policy_mean" and ratio["prune_ratio"] == hist[-1]["mu_next"]

@@ -31,7 +31,7 @@ def test_two_processes_agree_and_match_single_process(tmp_path, tiny_model, tiny
     single = tmp_path / "single"
     assert cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
                "--data", demo_data["ar"], "--lang", "ar", "--out", single, "--max-steps", 4, "--grad-accum", 4,
-               "--round-every", 2, "--lr", "1e-3", "--device", "cpu") == 0
+               "--round-every", 2, "--lr", "1e-3", "--device", "cpu", "--controller", "sliced") == 0
     single_hist = read_jsonl(single / "history.jsonl")
     assert len(history) == len(single_hist)
     for h, s in zip(history, single_hist):  # equal up to the order of the gradient sum (p follows mu by default)

@@ -51,8 +51,8 @@ def test_estimates_calibrated_once_steer_as_the_measurements():
     then steer the policy exactly as the measurements would; a round measures again only when an estimate lies
     beyond the calibrated reach."""
     curve = synthetic(0.7, 0.0, 0)
-    forward = offline(ControllerOptions(p_init=0.2), curve, 15)
-    est = offline(ControllerOptions(p_init=0.2, probe="taylor"), curve, 15,
+    forward = offline(ControllerOptions(controller="sliced", p_init=0.2), curve, 15)
+    est = offline(ControllerOptions(controller="sliced", p_init=0.2, probe="taylor"), curve, 15,
                   estimate_at=lambda k, p, r: [0.3 * (curve(k, p, r) - curve(k, p, p)), 0.0])
     measured = [r["measured"] for r in est.history]
     assert measured[0] and sum(measured) <= 3
@@ -64,7 +64,7 @@ def test_estimates_calibrated_once_steer_as_the_measurements():
         assert np.allclose(a["candidates"], b["candidates"], atol=1e-12)
         assert np.allclose(a["advantages"], b["advantages"], atol=1e-9)
     assert est.result()["prune_ratio"] == pytest.approx(forward.result()["prune_ratio"], abs=1e-9)
-    every = offline(ControllerOptions(p_init=0.2, probe="taylor", calibrate_every=3), curve, 8,
+    every = offline(ControllerOptions(controller="sliced", p_init=0.2, probe="taylor", calibrate_every=3), curve, 8,
                     estimate_at=lambda k, p, r: [curve(k, p, r) - curve(k, p, p), 0.0])
     assert all(r["measured"] for r in every.history[::3])
 

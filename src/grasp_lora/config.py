@@ -227,17 +227,18 @@ class PruneOptions(Checked):
 class ControllerOptions(Checked):
     """The controller's settings (controller.Controller reads them). `controller` names how a round moves the
     policy; the options left unset (None) take that controller's values (controller.CONTROLLERS)."""
-    controller: str = opt("sliced", "how the policy learns: paper (the authors' REINFORCE and best_trial rule), "
-                                    "reinforce (the same update, policy_mean rule), sliced (reinforce scored on 2 "
-                                    "micro-dev examples a round, mu's step bounded, p following mu: a tenth of the "
-                                    "probes' cost), nes (scale-free natural-gradient steps in units of sigma on rank "
-                                    "utilities), fit (mu = the minimum of one curve fitted to every probe of the run, "
-                                    "sigma = its uncertainty), pair (two members trained side by side at the "
-                                    "centre -/+ --pair-gap on the same examples, each scored at its own ratio; the "
-                                    "centre steps toward the one ahead: a grid run's comparison, inside one run, at "
-                                    "twice its training), pair-online (pair as measured best: members 0.2 apart either "
-                                    "side, scored on their own first-pass training losses, moved by a sequential "
-                                    "test; in an experiment they train as a final run does)",
+    controller: str = opt("pair-online", "how the policy learns: pair-online (the default: two members trained "
+                                         "side by side 0.2 either side of the centre on the same examples, scored "
+                                         "on their own first-pass training losses, the centre moved by a "
+                                         "sequential test; in an experiment they train as a final run does), paper "
+                                         "(the authors' REINFORCE and best_trial rule), reinforce (the same update, "
+                                         "policy_mean rule), sliced (reinforce scored on 2 micro-dev examples a "
+                                         "round, mu's step bounded, p following mu: a tenth of the probes' cost), "
+                                         "nes (scale-free natural-gradient steps in units of sigma on rank "
+                                         "utilities), fit (mu = the minimum of one curve fitted to every probe of "
+                                         "the run, sigma = its uncertainty), pair (two members trained side by "
+                                         "side at the centre -/+ --pair-gap, each scored on the micro-dev set at "
+                                         "its own ratio; the centre steps toward the one ahead)",
                           choices=CONTROLLERS)
     p_min: float = opt(0.10, "lowest prune ratio the controller may choose")
     p_max: float = opt(0.80, "highest prune ratio the controller may choose")
@@ -402,8 +403,11 @@ class TrainAdapterConfig(LoraOptions, TrainOptions, DataOptions, ModelOptions):
 
 @dataclass(kw_only=True)
 class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, DataOptions, ModelOptions):
-    grad_accum: int = opt(1, "micro-batches per optimizer step (the authors' controller run: 1, so 50 examples "
-                             "give 50 steps and 5 rounds at K = 10)")
+    grad_accum: Optional[int] = opt(None, "micro-batches per optimizer step (default 1, the authors' controller run: "
+                                          "50 examples give 50 steps and 5 rounds at K = 10; pair-online: 8, its "
+                                          "members train as finetune-merged does)")
+    criterion: Optional[str] = opt(None, "importance criterion of the pruning mask (default magnitude; pair-online: "
+                                         "input_weighted, as finetune-merged)", choices=CRITERIA)
     export_adapter: bool = opt(False, "one-run mode: also export ONE PEFT adapter from this run, its best-val weights "
                                       "pruned at the learned ratio with this run's criterion, to OUT/adapter "
                                       "(no final run needed)")
@@ -413,6 +417,11 @@ class SearchConfig(ControllerOptions, PruneOptions, MergeOptions, TrainOptions, 
         if len(self.adapters) < 2:
             raise OptionError("adapters", "needs two or more PEFT adapter folders to merge, source first (a prune "
                                           "ratio is learned for merged adapters)")
+        as_final = self.controller in MEMBERS_TRAIN_AS_FINAL_RUN
+        final = {f.name: f.default for f in dataclasses.fields(FinetuneMergedConfig)}
+        for name, own in (("grad_accum", 1), ("criterion", "magnitude")):
+            if getattr(self, name) is None:
+                setattr(self, name, final[name] if as_final else own)
 
 
 @dataclass(kw_only=True)

@@ -59,7 +59,9 @@ class SearchHooks(PruneHooks):
         if trains_pair(cfg.controller):
             if distributed.active():
                 raise OptionError({"controller": cfg.controller}, "trains its two members in one process: run it on "
-                                                                  "one device (without torchrun)")
+                                                                  "one device (without torchrun), or under torchrun "
+                                                                  "choose a controller that probes (--controller "
+                                                                  "sliced)")
             self.twin = Twin(setup.model, trainable(setup), cfg.lr, cfg.weight_decay)
         # probe_loss online: each member's training losses summed over the round's steps (the run's, the twin's),
         # on the first pass over the training set only: an example seen before is no longer held out, and scored

@@ -14,7 +14,7 @@ from .config import DemoConfig, ExperimentConfig
 
 DEMO_SCALE = dict(
     source_sizes="96,16,0,16", target_sizes="48,16,16,32", max_steps=10, grad_accum=3, batch_size=2,
-    grid=[0.2, 0.4, 0.6, 0.8], seeds=[42], round_every=10, lr=1e-3, lorahub_budget=20, max_new_tokens=16,
+    grid=[0.2, 0.4, 0.6, 0.8], seeds=[42], lr=1e-3, lorahub_budget=20, max_new_tokens=16,
     generate_batch_size=16, eval_batch_size=16,
 )
 
@@ -37,6 +37,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("grasp-lora demo: en -> ar extractive QA, packaged SmolLM2-135M, bundled corpus, CPU.\n"
           f"Demo scale: {exp.max_steps} optimizer steps per training run (batch {exp.batch_size} x accumulation "
           f"{exp.grad_accum}), grid {exp.grid} with seed {exp.seeds} (the paper: 0.1..0.8 x 3 seeds); the controller run "
-          f"sees the same examples at batch {exp.search_batch_size} x accumulation {exp.search_grad_accum}, a round "
+          f"({exp.controller}) sees the same examples at batch {exp.search_batch_size} x accumulation {exp.search_grad_accum}, a round "
           f"every {exp.round_every} steps; {exp.target_sizes} target splits.\n")
     return run_experiment(exp)
