@@ -90,7 +90,7 @@ def test_candidates_clamped_and_rng_is_own():
             torch.rand(int(np.random.randint(1, 9)))
             return 1.0
 
-        hist = offline(ControllerOptions(controller_seed=seed, sigma_init=5.0), loss, 3).history
+        hist = offline(ControllerOptions(controller="sliced", controller_seed=seed, sigma_init=5.0), loss, 3).history
         return [c for rec in hist for c in rec["candidates"]]
 
     a = draws(42, 0)
@@ -358,9 +358,10 @@ def test_batched_micro_dev_loss_equals_unbatched(tiny_model, demo_data):
 
 
 def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
+    """A short controller run; a probing controller (sliced) unless `extra` names another."""
     return ["search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
             "--data", demo_data["ar"], "--lang", "ar", "--out", out, "--max-steps", 6, "--grad-accum", 2,
-            "--round-every", 2, "--lr", "1e-3", *extra]
+            "--round-every", 2, "--lr", "1e-3", "--controller", "sliced", *extra]
 
 
 def replay(history: list[dict], s: ControllerOptions) -> None:
@@ -391,7 +392,7 @@ def test_search_history_replays_and_is_deterministic(tmp_path, tiny_model, tiny_
     histories = []
     for run in ("a", "b"):
         out = tmp_path / run
-        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "sliced")) == 0
+        assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out)) == 0
         histories.append(read_jsonl(out / "history.jsonl"))
         ratio = json.loads((out / "ratio.json").read_text())
         assert set(ratio) >= {"prune_ratio", "rule", "best_reward", "rounds"}
@@ -413,8 +414,7 @@ def test_search_history_replays_and_is_deterministic(tmp_path, tiny_model, tiny_
 
 def test_search_switches(tmp_path, tiny_model, tiny_adapters, demo_data):
     out = tmp_path / "s"
-    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "sliced",
-                            "--importance-refresh", "every_round",
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--importance-refresh", "every_round",
                             "--commit-toward", "best_candidate", "--commit-mask", "candidate", "--probe-examples", 0,
                             "--ratio-rule", "policy_mean", "--advantage", "std",
                             "--scope", "global", "--criterion", "sensitivity", "--trace-ratios", "0.2", "0.5")) == 0

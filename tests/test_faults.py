@@ -23,7 +23,7 @@ from grasp_lora.files import LOCK_NAME, RUN_NAME, TMP_SUFFIX, read_jsonl
 def search_args(tiny_model, tiny_adapters, demo_data, out, *extra):
     return ["search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data",
             demo_data["ar"], "--lang", "ar", "--out", out, "--max-steps", 6, "--grad-accum", 2, "--round-every", 2,
-            "--checkpoint-every", 1, *extra]
+            "--checkpoint-every", 1, "--controller", "sliced", *extra]
 
 
 def test_nan_loss_stops_with_exit_3_and_checkpoint_intact(tmp_path, monkeypatch, capsys, tiny_model, demo_data):

@@ -78,8 +78,10 @@ def test_experiment_gives_the_controller_run_its_own_batching():
     from grasp_lora.pipeline import search_batching
 
     inputs = dict(source_input="en.json", target_input="ar.json")
-    c = ExperimentConfig(max_steps=10, batch_size=2, grad_accum=3, **inputs)
+    c = ExperimentConfig(max_steps=10, batch_size=2, grad_accum=3, controller="sliced", **inputs)
     assert search_batching(c) == {"batch_size": 1, "grad_accum": 1, "max_steps": 60}  # the same 60 examples
+    c = ExperimentConfig(max_steps=10, batch_size=2, grad_accum=3, **inputs)  # pair-online: the final run's
+    assert search_batching(c) == {"batch_size": 2, "grad_accum": 3, "max_steps": 10}
     c = ExperimentConfig(max_steps=0, search_grad_accum=2, search_max_steps=None, **inputs)
     assert search_batching(c)["max_steps"] == 0
     c = ExperimentConfig(search_batch_size=2, search_grad_accum=4, search_max_steps=7, **inputs)

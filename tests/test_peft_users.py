@@ -288,7 +288,7 @@ def test_report_to_tensorboard_and_wandb(tmp_path, monkeypatch, tiny_model, tiny
     out = tmp_path / "search"
     assert cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data",
                demo_data["ar"], "--lang", "ar", "--max-steps", 4, "--round-every", 2, "--out", out,
-               "--report-to", "tensorboard", "wandb") == 0
+               "--report-to", "tensorboard", "wandb", "--controller", "sliced") == 0  # a probing controller's rewards
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
