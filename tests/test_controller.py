@@ -499,8 +499,27 @@ def test_pair_online_reads_the_first_pass_only(tmp_path, capsys, tiny_model, tin
             assert (rec["mu_next"], rec["sigma_next"]) == (rec["mu"], rec["sigma"])
     assert [len([x for x in log if rec["step"] - 3 < x["step"] <= min(rec["step"], fresh)]) for rec in hist] \
         == [3, 3, 2, 0]
-    assert json.loads((out / "ratio.json").read_text())["online_steps"] == fresh
+    ratio = json.loads((out / "ratio.json").read_text())
+    assert ratio["online_steps"] == ratio["twin_steps"] == fresh  # the twin's training, of no use after it, stopped
     assert "held out on the first pass over the training set only (steps 1-8 of 12)" in capsys.readouterr().out
+    twin = torch.load(out / "checkpoint.pt", weights_only=False)["hooks"]["twin"]["optimizer"]["state"]
+    assert {int(v["step"]) for v in twin.values()} == {fresh}
+
+
+def test_pair_online_trains_no_twin_when_the_first_pass_ends_within_the_hold(tmp_path, capsys, tiny_model,
+                                                                             tiny_adapters, demo_data):
+    """The default on a training set too small for its hold: 8 fresh steps, 6 held rounds of 2 steps. No round after
+    the hold reads a lead, so the second member never trains (its cost is spared), p* is p_init, and search says so."""
+    out = tmp_path / "held"
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "pair-online",
+                            "--max-steps", 12)) == 0
+    ratio = json.loads((out / "ratio.json").read_text())
+    assert ratio["twin_steps"] == 0 and ratio["prune_ratio"] == pytest.approx(0.4) and ratio["from_prior"]
+    assert "the second member did not train: p* is p_init" in capsys.readouterr().out
+    assert not torch.load(out / "checkpoint.pt", weights_only=False)["hooks"]["twin"]["optimizer"]["state"]
+    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, tmp_path / "moves", "--controller", "pair-online",
+                            "--max-steps", 12, "--hold-rounds", 3)) == 0  # 8 fresh steps > 3 rounds of 2: it trains
+    assert json.loads((tmp_path / "moves" / "ratio.json").read_text())["twin_steps"] == 8
 
 
 @pytest.mark.parametrize("refresh", ["once", "every_round"])

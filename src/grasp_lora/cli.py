@@ -96,7 +96,11 @@ def _search(cfg: SearchConfig):
     if r["from_prior"]:
         print(f"note: p* is within 0.05 of p_init {cfg.p_init} and sigma never fell below its start: this ratio is "
               "the prior, not a finding (more rounds, or another --p-init, would tell)")
-    if "online_steps" in r:
+    if r.get("twin_steps") == 0:
+        print(f"note: the first pass over the training set ends within the {cfg.hold_rounds} held rounds of "
+              f"{cfg.round_every} steps, so the centre could not move and the second member did not train: p* is "
+              "p_init. Give the search more training examples (or a shorter --hold-rounds)")
+    elif "online_steps" in r:
         print(f"note: the members' online losses are held out on the first pass over the training set only (steps "
               f"1-{r['online_steps']} of {r['steps']}); the rounds after it held the centre: give the search more "
               "training examples or fewer steps, or score on the micro-dev set (--probe-loss micro_dev)")

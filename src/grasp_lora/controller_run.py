@@ -68,6 +68,11 @@ class SearchHooks(PruneHooks):
         # again it rewards the member that memorised it (the less pruned: benchmarks/RESULTS.md)
         self._online = [0.0, 0.0, 0]
         self.fresh_steps = steps_per_epoch(len(setup.examples["train"]), cfg.batch_size, cfg.grad_accum)
+        # the twin trains only while its losses can still move the centre: scored online, on the first pass, and not
+        # at all when that pass ends within the held rounds (no round after the hold reads a lead: p* is p_init)
+        self.twin_steps = math.inf
+        if self.twin is not None and cfg.probe_loss == "online":
+            self.twin_steps = self.fresh_steps if self.fresh_steps > cfg.round_every * cfg.hold_rounds else 0
 
     def round_slice(self) -> LossProbe:
         """This round's probe_examples micro-dev examples: round k scores on places k*n .. k*n + n - 1 of a sequence
@@ -210,8 +215,8 @@ class SearchHooks(PruneHooks):
         self._group = group
 
     def after_step(self, step, loss):
-        if self.twin is not None:  # the twin's step on the same examples: the method's cost, counted as the probes'
-            start = time.time()
+        if self.twin is not None and step <= self.twin_steps:
+            start = time.time()  # the twin's step on the same examples: the method's cost, counted as the probes'
             twin_loss = self.twin.step(self._group, self.setup.tok.pad_token_id, self.setup.device,
                                        self.optimizer.param_groups[0]["lr"])
             self.probe_seconds += time.time() - start
@@ -282,6 +287,8 @@ def search(cfg: SearchConfig) -> tuple[dict, torch.nn.Module]:
                   "probe_seconds": hooks.probe_seconds, "best_val_loss": summary["best_val_loss"]}
         if hooks.twin is not None and cfg.probe_loss == "online" and summary["steps"] > hooks.fresh_steps:
             result["online_steps"] = hooks.fresh_steps  # the rounds after it read nothing and held the centre
+        if hooks.twin_steps < summary["steps"]:
+            result["twin_steps"] = hooks.twin_steps  # the second member's training stopped there (0: never began)
         if cfg.export_adapter and distributed.is_main():
             export_one_run(setup, cfg, hooks, params, best, result, work / "adapter")
             result["adapter"] = str(setup.out / "adapter")
