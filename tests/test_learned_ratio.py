@@ -60,17 +60,21 @@ def test_long_search_has_no_zero_reward_ties(tmp_path, tiny_model, trained_adapt
 
 @pytest.mark.slow
 def test_search_defaults_to_accumulation_one(tmp_path, tiny_model, tiny_adapters, ar50):
-    """One epoch over 50 examples with default options: 50 optimizer steps, so 5 rounds at K = 10."""
+    """One epoch over 50 examples with a probing controller's defaults: 50 optimizer steps, so 5 rounds at K = 10;
+    with the default pair-online, accumulation 8 as finetune-merged: 7 steps."""
+    args = ["search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"], "--data", ar50,
+            "--lang", "ar", "--epochs", 1]
+    assert cli(*args, "--out", tmp_path / "pair") == 0
+    assert len(read_jsonl(tmp_path / "pair" / "train_log.jsonl")) == 7
     out = tmp_path / "s"
-    assert cli("search", "--model", tiny_model, "--adapters", tiny_adapters["en"], tiny_adapters["ar"],
-               "--data", ar50, "--lang", "ar", "--out", out, "--epochs", 1) == 0
+    assert cli(*args, "--out", out, "--controller", "sliced") == 0
     assert len(read_jsonl(out / "train_log.jsonl")) == 50
     assert len(read_jsonl(out / "history.jsonl")) >= 4
     ratio = json.loads((out / "ratio.json").read_text())
     assert ratio["rounds"] >= 4 and set(ratio["by_rule"]) == set(RATIO_RULES)
     # every rule can be re-read from history.jsonl alone
     st = ControllerState.from_history(read_jsonl(out / "history.jsonl"))
-    assert {k: fn(st, ControllerOptions()) for k, fn in RATIO_RULES.items()} == ratio["by_rule"]
+    assert {k: fn(st, ControllerOptions(controller="sliced")) for k, fn in RATIO_RULES.items()} == ratio["by_rule"]
 
 
 def test_experiment_gives_the_controller_run_its_own_batching():

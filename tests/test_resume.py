@@ -32,11 +32,12 @@ def command(kind, tiny_model, tiny_adapters, demo_data, out):
     common = ["--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--out", out, "--max-steps", 10,
               "--grad-accum", 2, "--checkpoint-every", 1, "--lr", "1e-3", "--epochs", 3, "--patience", 0]
     ads = ["--adapters", tiny_adapters["en"], tiny_adapters["ar"]]
-    return {"search": ["search", *common, *ads, "--round-every", 2],
-            "search-reset-train": ["search", *common, *ads, "--round-every", 2, "--reset", "train"],
+    probing = [*ads, "--round-every", 2, "--controller", "sliced"]
+    return {"search": ["search", *common, *probing],
+            "search-reset-train": ["search", *common, *probing, "--reset", "train"],
             "search-fit-lookahead": ["search", *common, *ads, "--round-every", 2, "--controller", "fit",
                                      "--lookahead-steps", 2, "--trace-ratios", 0.3],
-            "search-taylor": ["search", *common, *ads, "--round-every", 2, "--probe", "taylor"],
+            "search-taylor": ["search", *common, *probing, "--probe", "taylor"],
             "search-pair": ["search", *common, *ads, "--round-every", 2, "--controller", "pair", "--hold-rounds", 1],
             "search-pair-online": ["search", *common, *ads, "--round-every", 3, "--controller", "pair",
                                    "--hold-rounds", 1, "--probe-loss", "online"],
