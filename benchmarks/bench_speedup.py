@@ -200,8 +200,8 @@ def main():
           f"{cfg.epochs} epochs per run ({steps} steps of batch {cfg.batch_size} x accumulation {cfg.grad_accum}; the "
           f"controller run: {search_steps} steps of batch {cfg.search_batch_size} x accumulation "
           f"{cfg.search_grad_accum}, {cfg.controller}, a round every K = {k} steps, {rounds} rounds"
-          f"{'' if pair else f', G = {cfg.group_size}'}), lr {cfg.lr}, no early stopping; about {hours:.1f} hours on 2 CPU cores "
-          "by the demo's unit costs", flush=True)
+          f"{'' if pair else f', G = {cfg.group_size}'}), lr {cfg.lr}, no early stopping; about {hours:.1f} hours on "
+          "2 CPU cores by the demo's unit costs", flush=True)
 
     def run(p: float, seed: int, scored: bool = True):
         def fn(d: Path) -> dict:
@@ -273,21 +273,19 @@ def main():
 
     # the costs behind those numbers: a run is a part outside its training loop (loading the model, the importance
     # statistics of input_weighted pruning, exporting the adapter), fixed as runs get more epochs, and a part per
-    # trained example (its val evaluations included); a probing controller run adds its probes, a fixed cost per
-    # round, where a pair's second member trains on every example: its cost is per example
+    # trained example (its val evaluations included); the controller run adds its probes (a pair: its second
+    # member's training, on the first pass only), a fixed cost as runs get more epochs
     examples = cfg.epochs * n_train
     fixed_grid = float(np.mean([grid[p]["run_seconds"] - grid[p]["train_seconds"] for p in GRID]))
     t_grid = float(np.mean([grid[p]["train_seconds"] for p in GRID])) / examples
     fixed_search = search["run_seconds"] - search["train_seconds"]
+    t_search = (search["train_seconds"] - search["probe_seconds"]) / examples
     rounds = max(1, search["rounds"])
-    probe_share = search["probe_seconds"] / (search["train_seconds"] - search["probe_seconds"])
-    probes = 0.0 if pair else search["probe_seconds"]
-    t_search = (search["train_seconds"] - probes) / examples
-    extra = (f"its second member included ({probe_share:.2f} s per training second of the first)" if pair else
-             f"+ {probes / rounds:.1f} s of probes per round ({rounds} rounds: {probes / search['run_seconds']:.0%} "
-             f"of the controller run; probe seconds / training seconds {probe_share:.2f})")
+    probes = search["probe_seconds"]
     print(f"costs (outside the training loop + per trained example): a grid run {fixed_grid:.0f} s + {t_grid:.3f} s; "
-          f"the controller run {fixed_search:.0f} s + {t_search:.3f} s, {extra}")
+          f"the controller run {fixed_search:.0f} s + {t_search:.3f} s, + {probes / rounds:.1f} s of probes per round "
+          f"({rounds} rounds: {probes / search['run_seconds']:.0%} of the controller run; probe seconds / training "
+          f"seconds {probes / (search['train_seconds'] - probes):.2f})")
     for n in sorted({examples, 1000, 3000, 10000}):
         grid_run, one_run = fixed_grid + n * t_grid, fixed_search + n * t_search + probes
         print(f"  predicted at {n} trained examples per run (more epochs), {rounds} rounds: GRASP "

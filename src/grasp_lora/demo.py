@@ -37,6 +37,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("grasp-lora demo: en -> ar extractive QA, packaged SmolLM2-135M, bundled corpus, CPU.\n"
           f"Demo scale: {exp.max_steps} optimizer steps per training run (batch {exp.batch_size} x accumulation "
           f"{exp.grad_accum}), grid {exp.grid} with seed {exp.seeds} (the paper: 0.1..0.8 x 3 seeds); the controller run "
-          f"({exp.controller}) sees the same examples at batch {exp.search_batch_size} x accumulation {exp.search_grad_accum}, a round "
-          f"every {exp.round_every} steps; {exp.target_sizes} target splits.\n")
+          f"({exp.controller}) sees the same examples at batch {exp.search_batch_size} x accumulation "
+          f"{exp.search_grad_accum}, a round every {exp.round_every} steps; {exp.target_sizes} target splits.\n")
     return run_experiment(exp)
