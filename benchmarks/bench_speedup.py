@@ -9,12 +9,14 @@ search_grad_accum=1`: on CPU a micro-batch of 1 costs more per example, a cost o
   GRASP      the controller run (`search`), then one final run at its p*
   one-run    the same controller run, its own adapter exported at p* (`search --export-adapter`): one run
   ASHA       the same 8 points as Ray Tune trials under the ASHA scheduler (successive halving on the val loss of
-             each epoch), one trial at a time on the same cores
+             each epoch, or of every --asha-eval-every steps: a run of one epoch has no rung otherwise), one trial
+             at a time on the same cores
 
 It prints each side's wall time (model loading included; adapters, data and scoring excluded: they are common), the
 speed-ups, and each side's quality: the val loss of its exported adapter (read back as PEFT loads it) and EM and
 token F1 on the test split. Each side's pick is scored as regret on the grid's mean curve over its seed and
-`--curve-seeds` (the grid run again at those seeds after every side has finished, not counted in any side's time):
+`--curve-seeds` (the grid run again at those seeds after every side has finished, not counted in any side's time;
+or read with `--curve-from` from a bench_controller case that ran the same grid, checked on the timed seed):
 on the timed seed alone the grid's and ASHA's picks would score 0 by construction, in sample, and every other pick
 would carry that seed's noise. It also prints the costs behind the speed-up (each run's part outside its training
 loop, seconds per trained example, seconds of probes per controller round) and what they predict at other run
@@ -41,7 +43,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +55,7 @@ from grasp_lora.controller import trains_pair
 from grasp_lora.files import RUN_NAME, read_jsonl
 from grasp_lora.pipeline import Experiment, search_batching
 from grasp_lora.report import grid_winner
+from grasp_lora.train import evaluation_steps
 
 # The demo corpus's Arabic QA: 40 records to train on, 3 epochs of them per run (about 3 minutes on 2 cores).
 # The controller's round comes every K steps of its own (pair-online, the default: 2); `--rounds N` sets K for N
@@ -102,8 +105,9 @@ def quality(exp: Experiment, data: str, adapter: str, folder: Path) -> dict:
     return {"val_loss": val_loss(exp, data, adapter), **json.loads((folder / "metrics.json").read_text())}
 
 
-def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reduction_factor: int) -> dict:
-    """The 8 grid points as Ray Tune trials under ASHA (successive halving on each epoch's val loss)."""
+def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reduction_factor: int, eval_every: int) -> dict:
+    """The 8 grid points as Ray Tune trials under ASHA (successive halving on each val evaluation's loss: each
+    epoch's, and every eval_every steps within one)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -120,9 +124,13 @@ def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reductio
         import torch
 
         torch.set_num_threads(int(resources["cpu"]))
-        final_run(exp, data, adapters, config["p"], cfg.seed, folder / f"p{config['p']}", report_to=["ray"])
+        final_run(exp, data, adapters, config["p"], cfg.seed, folder / f"p{config['p']}", report_to=["ray"],
+                  eval_every=eval_every)
 
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=1,
+    # a trial's time unit is one val evaluation (a Tune report)
+    n_train = len(read_jsonl(Path(data) / "train.jsonl"))
+    reports = len(evaluation_steps(n_train, replace(cfg, eval_every=eval_every)))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1,
                               reduction_factor=reduction_factor)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources), param_space={"p": tune.grid_search(GRID)},
@@ -136,12 +144,46 @@ def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reductio
         trials[str(r.config["p"])] = [float(v) for v in r.metrics_dataframe["val_loss"]]
     # what a practitioner keeps: the best of the trials that ran every epoch. ASHA usually stops a trial at its
     # last report, before the run publishes its folder; its best-val adapter was written before that report.
-    complete = {p: min(v) for p, v in trials.items() if len(v) == cfg.epochs}
+    complete = {p: min(v) for p, v in trials.items() if len(v) == reports}
     best = min(complete, key=complete.get)
     run = folder / f"p{best}"
     adapter = run / "adapter" if (run / "adapter").is_dir() else run / RUN_NAME / "adapter"
     return {"run_seconds": time.time() - start, "ray_start_seconds": ray_start, "epochs_per_trial": trials,
-            "prune_ratio": float(best), "adapter": str(adapter), "reduction_factor": reduction_factor}
+            "prune_ratio": float(best), "adapter": str(adapter), "reduction_factor": reduction_factor,
+            "reports": reports, "eval_every": eval_every}
+
+
+def curve_from(case: Path, adapters: list[str], grid: dict, seed: int, seeds: list[int]) -> dict[float, list[float]]:
+    """The curve seeds' grid val losses from a bench_controller case folder, if it ran the same recipe: the same
+    adapters (adapters.json: the same bits, or tensor statistics within check_adapters' tolerance) and, at the
+    timed seed, the same val loss at every ratio within its grid's mean seed-to-seed standard deviation: the thread
+    count changes float rounding, which 50 steps of training grow to differences of up to half that on MLQA es 300
+    (2 threads against 1, benchmarks/RESULTS.md), so a rerun agrees only as closely as a part of a seed's noise;
+    else it stops."""
+    def grid_of(s: int) -> dict[float, float]:
+        found = {p: case / "grid" / f"p{p}" / f"seed{s}" / "done.json" for p in GRID}
+        missing = [str(f) for f in found.values() if not f.is_file()]
+        if missing:
+            raise SystemExit(f"--curve-from {case}: no finished grid run {missing[0]} (and {len(missing) - 1} more)")
+        return {p: json.loads(f.read_text())["val_loss"] for p, f in found.items()}
+
+    if not (case / "adapters.json").is_file():
+        raise SystemExit(f"--curve-from {case}: no adapters.json (a bench_controller case folder has one): give the "
+                         "folder of one case, such as runs/bench-controller/mlqa-es")
+    try:
+        check_adapters(case, adapters)
+    except SystemExit as e:
+        raise SystemExit(f"--curve-from {case}: not the same adapters as this benchmark's: {e}") from None
+    theirs, others = grid_of(seed), {s: grid_of(s) for s in seeds}
+    sd = float(np.mean(np.std([[g[p] for p in GRID] for g in [theirs, *others.values()]], axis=0, ddof=1)))
+    worst = max(abs(theirs[p] - grid[p]["val_loss"]) for p in GRID)
+    if worst > sd:
+        raise SystemExit(f"--curve-from {case}: its seed-{seed} grid differs from this one's by up to {worst:.4f} in "
+                         f"val loss, more than its seed-to-seed sd ({sd:.4f}): another recipe; run the "
+                         "curve seeds here (leave --curve-from out)")
+    print(f"curve seeds {', '.join(map(str, seeds))} read from {case}: its seed-{seed} grid agrees with this one's "
+          f"within {worst:.4f} (its seed-to-seed sd: {sd:.4f})", flush=True)
+    return {p: [others[s][p] for s in seeds] for p in GRID}
 
 
 def main():
@@ -157,7 +199,14 @@ def main():
     ap.add_argument("--curve-seeds", type=int, nargs="+", default=CURVE_SEEDS,
                     help="the grid's other seeds: the mean curve that scores every side's pick, and the winner's "
                          "seed-to-seed spread (run last, untimed)")
+    ap.add_argument("--curve-from", metavar="DIR", help="read the curve seeds' grid from a bench_controller case "
+                    "folder (DIR/grid/p*/seed*/done.json) instead of running them: it must rest on the same adapters "
+                    "and its grid at the timed seed must agree with this one's within its seed-to-seed "
+                    "standard deviation (the same recipe), else it stops")
     ap.add_argument("--asha-reduction-factor", type=int, default=4, help="ASHA's eta (Ray Tune's default: 4)")
+    ap.add_argument("--asha-eval-every", type=int, default=0, metavar="STEPS",
+                    help="ASHA's trials evaluate val loss every STEPS steps within an epoch too (0: each epoch's end "
+                         "only): its rungs; the other sides evaluate at each epoch's end")
     ap.add_argument("--no-asha", action="store_true", help="leave ASHA out (it can cost as much as the grid)")
     ap.add_argument("--set", action="append", default=[], help="key=value: an experiment option")
     ap.add_argument("--keep-state", metavar="DIR", help="copy the finished stages' records (done.json, history, "
@@ -230,7 +279,7 @@ def main():
                 "quality": quality(exp, data, adapter, d / "quality")}
 
     def scored_asha(d: Path) -> dict:
-        info = asha(exp, data, adapters, d, args.asha_reduction_factor)
+        info = asha(exp, data, adapters, d, args.asha_reduction_factor, args.asha_eval_every)
         return {**info, "quality": quality(exp, data, info["adapter"], d / "quality")}
 
     # the controller's resolved options: a run stored under another default controller is redone, not reused
@@ -238,13 +287,15 @@ def main():
     search = exp.stage("grasp/search", controller, {**deps, "controller_options": options})
     final = exp.stage("grasp/final", run(search["prune_ratio"], cfg.seed), {**run_deps, "p": search["prune_ratio"]})
     # last, untimed (the speed-ups are on disk before them): the grid's other seeds, the winner's first
-    others = {p: [exp.stage(f"grid/p{p}/seed{s}", run(p, s, scored=False), run_deps)["val_loss"]
-                  for s in args.curve_seeds] for p in [winner] + [p for p in GRID if p != winner]}
+    others = (curve_from(Path(args.curve_from), adapters, grid, cfg.seed, args.curve_seeds) if args.curve_from else
+              {p: [exp.stage(f"grid/p{p}/seed{s}", run(p, s, scored=False), run_deps)["val_loss"]
+                   for s in args.curve_seeds] for p in [winner] + [p for p in GRID if p != winner]})
     sides = {"grid": ([grid[p]["run_seconds"] for p in GRID], grid[winner]["quality"], winner),
              "grasp": ([search["run_seconds"], final["run_seconds"]], final["quality"], search["prune_ratio"]),
              "one_run": ([search["run_seconds"]], search["quality"], search["prune_ratio"])}
     if not args.no_asha:
-        ashas = exp.stage("asha", scored_asha, {**run_deps, "reduction_factor": args.asha_reduction_factor})
+        ashas = exp.stage("asha", scored_asha, {**run_deps, "reduction_factor": args.asha_reduction_factor,
+                                                **({"eval_every": args.asha_eval_every} if args.asha_eval_every else {})})
         sides["asha"] = ([ashas["run_seconds"]], ashas["quality"], ashas["prune_ratio"])
 
     grid_s = sum(sides["grid"][0])
@@ -261,7 +312,7 @@ def main():
           f"{'F1':>7}  within the winner's seed spread")
     for name, (seconds, q, p) in sides.items():
         runs = {"grid": 8, "grasp": 2, "one_run": 1}.get(name) or sum(
-            len(v) for v in ashas["epochs_per_trial"].values()) / cfg.epochs
+            len(v) for v in ashas["epochs_per_trial"].values()) / ashas.get("reports", cfg.epochs)
         within = "yes" if q["val_loss"] <= hi else f"no (+{q['val_loss'] - hi:.4f})"
         print(f"{name:<9}{runs:>5.2g}{sum(seconds) / 60:>10.2f}{grid_s / sum(seconds):>9.2f}x{p:>7.3f}{regret(p):>8.3f}"
               f"{q['val_loss']:>10.4f}{q['exact_match']:>7.2f}{q['f1']:>7.2f}  {within}")
@@ -302,7 +353,9 @@ def main():
         print("ASHA: not run (--no-asha)")
         return
     per_trial = ashas["epochs_per_trial"]
-    print(f"ASHA (reduction factor {ashas['reduction_factor']}, grace 1 epoch, max {cfg.epochs}): epochs run per p "
+    every = f"every {ashas['eval_every']} steps and each epoch's end" if ashas.get("eval_every") else "each epoch's end"
+    print(f"ASHA (reduction factor {ashas['reduction_factor']}, grace 1 val evaluation, at most "
+          f"{ashas.get('reports', cfg.epochs)}: {every}): evaluations run per p "
           + " ".join(f"{p}:{len(v)}" for p, v in per_trial.items()) + f"; Ray start {ashas['ray_start_seconds']:.1f} s")
     for name in ("grasp", "one_run"):
         seconds, q, p = sides[name]

@@ -16,12 +16,12 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def bench_speedup(*args) -> str:
+def bench_speedup(*args, rc: int = 0) -> str:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_speedup.py"), *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    assert done.returncode == rc, done.stderr[-3000:]
+    return done.stdout if rc == 0 else done.stderr
 
 
 @pytest.mark.slow
@@ -71,6 +71,26 @@ def test_bench_speedup_runs_and_its_kept_state_continues_it(tiny_model, tmp_path
     asha_row = next(line.split() for line in with_asha.splitlines() if line.startswith("asha "))
     assert asha_row[3].endswith("x") and float(asha_row[4]) in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
     assert "ASHA against grasp: " in with_asha and "ASHA against one_run: " in with_asha
+    # rungs within the one epoch: ASHA's trials also evaluate every step (2 evaluations each), and only ASHA reruns
+    rungs = bench_speedup(*[a for a in args if a != "--no-asha"], *batch_1, "--asha-reduction-factor", 2,
+                          "--asha-eval-every", 1)
+    assert [s for s in stages_run(rungs) if not s.startswith(("data/", "adapters/"))] == ["asha:"]
+    per_p = re.search(r"at most 2: every 1 steps and each epoch's end\): evaluations run per p (.*);", rungs)
+    counts = [int(kv.split(":")[1]) for kv in per_p.group(1).split()]
+    assert len(counts) == 8 and max(counts) == 2 and min(counts) == 1  # halved at the first rung
+
+    # the curve seeds read from a bench_controller case that ran the same grid: the same report, nothing run
+    case = tmp_path / "case"
+    shutil.copytree(out / "grid", case / "grid")
+    shutil.copy(out / "adapters.json", case / "adapters.json")
+    read = bench_speedup(*args, "--curve-from", case)
+    assert not [s for s in stages_run(read) if not s.startswith(("data/", "adapters/"))]
+    assert "curve seeds 1337 read from" in read and read[read.index("grid val loss"):] == report
+    # ...and refused where its timed seed's grid is another recipe's
+    done = case / "grid" / "p0.3" / "seed42" / "done.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "val_loss": 9.0}))
+    refused = bench_speedup(*args, "--curve-from", case, rc=1)
+    assert "differs from this one's by up to" in refused and "Traceback" not in refused
 
 
 def stages_run(output: str) -> list[str]:

@@ -53,6 +53,27 @@ def test_same_seed_same_weights(tmp_path, tiny_model, demo_data):
     assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
 
 
+def test_eval_every_evaluates_within_the_epoch_and_early_stopping_counts_evaluations(tmp_path, tiny_model, demo_data):
+    from grasp_lora.config import TrainAdapterConfig, build
+    from grasp_lora.train import evaluation_steps
+
+    common = ["train-adapter", "--model", tiny_model, "--data", demo_data["ar"], "--lang", "ar", "--grad-accum", 2,
+              "--epochs", 2, "--max-steps", 11, "--eval-every", 3, "--patience", 0]
+    assert cli(*common, "--out", tmp_path / "every3") == 0
+    n_train = len(read_jsonl(Path(demo_data["ar"]) / "train.jsonl"))
+    settings = build(TrainAdapterConfig, overrides=dict(data="d", lang="ar", out="o", grad_accum=2, epochs=2, max_steps=11,
+                                                        eval_every=3), source="test")
+    expected = evaluation_steps(n_train, settings)
+    assert [r["step"] for r in read_jsonl(tmp_path / "every3" / "val_log.jsonl")] == expected
+    assert {3, 6, 9, 11} <= set(expected) and n_train // 2 in expected  # within the epoch, its end, max_steps' cut
+    # a learning rate too small to change a float32 loss: the second evaluation is no better, and patience 1 stops
+    # the run there, mid-epoch, with no evaluation added at the stop
+    assert cli(*common[:-2], "--patience", 1, "--lr", "1e-12", "--out", tmp_path / "patience") == 0
+    val = read_jsonl(tmp_path / "patience" / "val_log.jsonl")
+    assert [(r["step"], r["best"]) for r in val] == [(3, True), (6, False)]
+    assert len(read_jsonl(tmp_path / "patience" / "train_log.jsonl")) == 6
+
+
 def test_config_yaml_and_flag_override(tmp_path, tiny_model, demo_data):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model: {tiny_model}\ndata: {demo_data['en']}\nlang: en\nmax-steps: 5\ngrad_accum: 2\nrank: 4\n")

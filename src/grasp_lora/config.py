@@ -137,7 +137,11 @@ class TrainOptions(Checked):
     epochs: int = opt(10, "number of epochs")
     batch_size: int = opt(1, "examples per micro-batch")
     grad_accum: int = opt(8, "micro-batches per optimizer step")
-    patience: int = opt(3, "early stopping: epochs without a better val loss before stopping (0 = never stop early)")
+    patience: int = opt(3, "early stopping: val evaluations (one per epoch unless --eval-every) without a better "
+                           "val loss before stopping (0 = never stop early)")
+    eval_every: int = opt(0, "also compute the val loss every N optimizer steps within an epoch, as transformers' "
+                             "eval_steps (0 = at each epoch's end only): a run of one or few epochs then gives early "
+                             "stopping and schedulers such as ASHA something to act on")
     max_steps: int = opt(0, "stop after this many optimizer steps (0 = no cap); the best-val checkpoint is kept")
     seed: int = opt(42, "seed for weights init, dropout and data order")
     eval_batch_size: int = opt(8, "examples per forward pass when computing val loss")
@@ -149,11 +153,11 @@ class TrainOptions(Checked):
     report_to: list[str] = opt(["none"], "also send loss, learning rate, val loss (and the controller's p, mu, sigma, "
                                          "rewards) to tensorboard (OUT/tensorboard) and/or wandb (offline unless "
                                          "WANDB_MODE says otherwise), as transformers' report_to; `ray`: inside a Ray Tune trial, "
-                                         "each epoch's val loss to Tune (for schedulers such as ASHA)", choices=REPORT_TO)
+                                         "each val evaluation's loss to Tune (for schedulers such as ASHA)", choices=REPORT_TO)
 
     def check(self):
         above(self, "lr", 0)
-        for name in ("weight_decay", "patience", "max_steps", "checkpoint_every"):
+        for name in ("weight_decay", "patience", "max_steps", "checkpoint_every", "eval_every"):
             at_least(self, name, 0)
         above(self, "gamma", 0)
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "max_length"):

@@ -1,7 +1,7 @@
 """Experiment tracking, as transformers' `report_to`: the training loop's scalars (loss, learning rate, val
 loss and, in the controller run, p, mu, sigma and rewards) sent to TensorBoard event files and/or Weights & Biases
 (offline unless the user's WANDB_MODE/login say otherwise), and, inside a Ray Tune trial, the val loss of every
-epoch to Tune (`ray`: what a scheduler such as ASHA stops trials on). The JSONL logs stay the record."""
+evaluation to Tune (`ray`: what a scheduler such as ASHA stops trials on). The JSONL logs stay the record."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class Tracker:
                 writer.add_scalar(key, value, step)
         if self.run is not None:
             self.run.log(values, step=step)
-        if self.tune is not None and "val/loss" in values:  # one Tune result per epoch: a scheduler's time unit
+        if self.tune is not None and "val/loss" in values:  # one Tune result per val evaluation: a scheduler's time unit
             self.tune.report({"val_loss": values["val/loss"], "step": step})
 
     def __enter__(self) -> "Tracker":

@@ -105,6 +105,20 @@ def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
     return math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
 
 
+def total_steps(n_examples: int, settings: TrainOptions) -> int:
+    """The optimizer steps of a run that does not stop early: its epochs, or max_steps if fewer."""
+    total = settings.epochs * steps_per_epoch(n_examples, settings.batch_size, settings.grad_accum)
+    return min(total, settings.max_steps) if settings.max_steps else total
+
+
+def evaluation_steps(n_examples: int, settings: TrainOptions) -> list[int]:
+    """The steps after which a run that does not stop early computes its val loss: each epoch's end (the last one
+    cut by max_steps) and, within an epoch, every eval_every steps (what a scheduler's rungs count)."""
+    per_epoch, total = steps_per_epoch(n_examples, settings.batch_size, settings.grad_accum), total_steps(n_examples, settings)
+    every = range(settings.eval_every, total, settings.eval_every) if settings.eval_every else []
+    return sorted(set(range(per_epoch, total + 1, per_epoch)) | {total} | set(every))
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """Data order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -149,7 +163,7 @@ class Progress:
     epoch: int = 0
     group: int = 0  # index of the next optimizer step's micro-batch group within the epoch
     best: float = math.inf
-    bad_epochs: int = 0
+    bad_epochs: int = 0  # val evaluations since the best (one per epoch unless eval_every; the checkpoints' name)
     seconds: float = 0.0  # training wall time before this process
     stopped: str = ""  # why training ended: epochs | max_steps | early_stopping ("" while it runs)
     evaluations: int = -1  # val_log's lines (-1 in checkpoints from before they were counted)
@@ -252,11 +266,7 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
         for log in (train_log, val_log):
             log.unlink(missing_ok=True)
 
-    groups_per_epoch = steps_per_epoch(len(train_examples), settings.batch_size, settings.grad_accum)
-    total = settings.epochs * groups_per_epoch
-    if settings.max_steps:
-        total = min(total, settings.max_steps)
-    bar = tqdm(total=total, initial=progress.step, desc=desc, dynamic_ncols=True, disable=not main)
+    bar = tqdm(total=total_steps(len(train_examples), settings), initial=progress.step, desc=desc, dynamic_ncols=True, disable=not main)
 
     def checkpoint():
         if main:
@@ -287,6 +297,9 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
 
     def finished() -> bool:
         return bool(settings.max_steps) and progress.step >= settings.max_steps
+
+    def patience_spent() -> bool:
+        return bool(settings.patience) and progress.bad_epochs >= settings.patience
 
     with bar:  # closed on any exit, so an error message starts on a line of its own
         model.train()
@@ -329,16 +342,21 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
                 bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in (extra or {}).items()
                                                              if isinstance(v, float)})
                 bar.update(1)
-                if settings.checkpoint_every and progress.step % settings.checkpoint_every == 0 \
-                        and progress.group < len(groups) and not finished():
+                within = progress.group < len(groups) and not finished()  # else the epoch's end evaluates
+                if within and settings.eval_every and progress.step % settings.eval_every == 0:
+                    evaluate(epoch)
+                    if patience_spent():
+                        break  # stopped mid-epoch, just evaluated: the epoch's end adds no evaluation
+                if within and settings.checkpoint_every and progress.step % settings.checkpoint_every == 0:
                     checkpoint()
-            evaluate(epoch)
+            else:
+                evaluate(epoch)
             if progress.group >= len(groups):  # a run capped by max_steps mid-epoch keeps its place in it
                 scheduler.step()
                 progress.epoch, progress.group = epoch + 1, 0
             if finished():
                 progress.stopped = "max_steps"
-            elif settings.patience and progress.bad_epochs >= settings.patience:
+            elif patience_spent():
                 progress.stopped = "early_stopping"
             elif progress.epoch >= settings.epochs:
                 progress.stopped = "epochs"
