@@ -105,7 +105,8 @@ def quality(exp: Experiment, data: str, adapter: str, folder: Path) -> dict:
     return {"val_loss": val_loss(exp, data, adapter), **json.loads((folder / "metrics.json").read_text())}
 
 
-def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reduction_factor: int, eval_every: int) -> dict:
+def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, n_train: int, reduction_factor: int,
+         eval_every: int) -> dict:
     """The 8 grid points as Ray Tune trials under ASHA (successive halving on each val evaluation's loss: each
     epoch's, and every eval_every steps within one)."""
     from ray import tune
@@ -128,7 +129,6 @@ def asha(exp: Experiment, data: str, adapters: list[str], folder: Path, reductio
                   eval_every=eval_every)
 
     # a trial's time unit is one val evaluation (a Tune report)
-    n_train = len(read_jsonl(Path(data) / "train.jsonl"))
     reports = len(evaluation_steps(n_train, replace(cfg, eval_every=eval_every)))
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1,
                               reduction_factor=reduction_factor)
@@ -279,7 +279,7 @@ def main():
                 "quality": quality(exp, data, adapter, d / "quality")}
 
     def scored_asha(d: Path) -> dict:
-        info = asha(exp, data, adapters, d, args.asha_reduction_factor, args.asha_eval_every)
+        info = asha(exp, data, adapters, d, n_train, args.asha_reduction_factor, args.asha_eval_every)
         return {**info, "quality": quality(exp, data, info["adapter"], d / "quality")}
 
     # the controller's resolved options: a run stored under another default controller is redone, not reused
