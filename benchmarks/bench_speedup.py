@@ -362,9 +362,11 @@ def main():
         a, g = ashas["run_seconds"] / 60, sum(seconds) / 60
         print(f"ASHA's pick against {name}'s: regret {regret(ashas['prune_ratio']):.3f} against {regret(p):.3f} "
               f"({'no worse' if regret(p) <= regret(ashas['prune_ratio']) else 'WORSE'} than ASHA's)")
+        asha_loss, loss = ashas["quality"]["val_loss"], q["val_loss"]
+        # the same pick trains the same weights: rounding, not a difference
+        than = "the same" if f"{asha_loss:.4f}" == f"{loss:.4f}" else "better" if asha_loss < loss else "worse"
         print(f"ASHA against {name}: {'faster' if a < g else 'slower'} ({a:.2f} against {g:.2f} min) and "
-              f"{'better' if ashas['quality']['val_loss'] < q['val_loss'] else 'worse'} on val loss "
-              f"({ashas['quality']['val_loss']:.4f} against {q['val_loss']:.4f})")
+              f"{than} on val loss ({asha_loss:.4f} against {loss:.4f})")
 
 
 if __name__ == "__main__":
