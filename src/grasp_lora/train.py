@@ -114,7 +114,8 @@ def total_steps(n_examples: int, settings: TrainOptions) -> int:
 def evaluation_steps(n_examples: int, settings: TrainOptions) -> list[int]:
     """The steps after which a run that does not stop early computes its val loss: each epoch's end (the last one
     cut by max_steps) and, within an epoch, every eval_every steps (what a scheduler's rungs count)."""
-    per_epoch, total = steps_per_epoch(n_examples, settings.batch_size, settings.grad_accum), total_steps(n_examples, settings)
+    per_epoch = steps_per_epoch(n_examples, settings.batch_size, settings.grad_accum)
+    total = total_steps(n_examples, settings)
     every = range(settings.eval_every, total, settings.eval_every) if settings.eval_every else []
     return sorted(set(range(per_epoch, total + 1, per_epoch)) | {total} | set(every))
 
@@ -266,7 +267,8 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
         for log in (train_log, val_log):
             log.unlink(missing_ok=True)
 
-    bar = tqdm(total=total_steps(len(train_examples), settings), initial=progress.step, desc=desc, dynamic_ncols=True, disable=not main)
+    bar = tqdm(total=total_steps(len(train_examples), settings), initial=progress.step, desc=desc, dynamic_ncols=True,
+               disable=not main)
 
     def checkpoint():
         if main:
