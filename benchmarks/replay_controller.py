@@ -26,14 +26,9 @@ with those options changed would probe or decide otherwise. Until then a run wit
 exactly (the same seeds and the same decisions give the same weights on CPU), so a stage it never leaves, or leaves
 only in its last round, gives the new variant's p* without a run; the others say from which step a run is needed.
 
-`--val-logs`: `pair-online --later-passes val` replayed on the grid's own val logs (no trace needed): at each val
-evaluation from the end of the first pass on, each member's val loss is read off the grid runs of the same seed at
-that step (linear between ratios). Optimistic: a member that moved has trained at its new ratio only since the move,
-the grid run it is read off all along.
-
     python benchmarks/replay_controller.py [--out runs/bench-controller] [--case mlqa-ar ...]
         [--controllers reinforce nes fit] [--starts 0.2 0.4 0.6] [--seeds 42 1337 9001]
-        [--taylor | --periods | --fork VARIANT | --val-logs]
+        [--taylor | --periods | --fork VARIANT]
 """
 
 from __future__ import annotations
@@ -48,8 +43,7 @@ import numpy as np
 
 from cases import interpolate, regret_on
 from grasp_lora.config import ControllerOptions, build
-from grasp_lora.controller import (CONTROLLERS, Controller, ControllerState, calibrate, initial_sigma, offline,
-                                   pair_ratios, pair_val_step)
+from grasp_lora.controller import CONTROLLERS, Controller, calibrate, offline
 from grasp_lora.files import read_jsonl
 
 
@@ -84,15 +78,9 @@ def main():
                     "slope (the stages of --controllers)")
     ap.add_argument("--fork", metavar="VARIANT", help="where the stages of this recorded variant would first go "
                     "otherwise under the options of --set, and the p* of those that never do")
-    ap.add_argument("--val-logs", action="store_true", help="pair-online --later-passes val replayed on the grid "
-                    "runs' val logs (--seeds: the grid seeds)")
     args = ap.parse_args()
     for name in args.case:
         case = Path(args.out) / name
-        if args.val_logs:
-            print(f"case {name}: pair-online --later-passes val on the grid's val logs")
-            val_log_report(case, grid_curve(case), args.starts, args.seeds)
-            continue
         if args.fork:
             print(f"case {name}: {args.fork} with {' '.join(args.set) or 'its own options'}")
             fork_report(case, grid_curve(case), args.fork, dict(kv.split("=", 1) for kv in args.set))
@@ -132,31 +120,6 @@ def main():
                         options.update(probe_from="start", lookahead_steps=int(steps[1]) if steps else 0,
                                        probe_loss="online" if key == "trace_online" else "micro_dev")
                     analyse(rounds, [r["p"] for r in history if key in r][:args.rounds], curve, args, options)
-
-
-def val_log_report(case: Path, curve: dict[float, float], starts: list[float], seeds: list[int]) -> None:
-    """The later-passes val rule replayed per start and grid seed on that seed's val logs, scored on the mean curve."""
-    logs = {(float(f.parts[-3][1:]), int(f.parts[-2][4:])): read_jsonl(f) for f in case.glob("grid/p*/seed*/val_log.jsonl")}
-    seeds = [s for s in seeds if all((p, s) in logs for p in curve)]
-    if not seeds or len(curve) < 2:
-        print(f"  no grid seed with a val log at every ratio in {case}")
-        return
-    s = build(ControllerOptions, overrides={"controller": "pair-online", "later_passes": "val"})
-    print(f"  {'start':>6}  {'p* per grid seed':<24}{'regret':>8}{'start held':>12}   (seeds {seeds})")
-    for p0 in starts:
-        ends = []
-        for seed in seeds:
-            log = logs[(min(curve), seed)]
-            fresh = max(r["step"] for r in log if r["epoch"] == 0)  # the first pass's end
-            steps = [r["step"] for r in log if r["step"] >= fresh] if log[-1]["epoch"] > 0 else []
-            st = ControllerState(p=p0, mu=p0, sigma=initial_sigma(s))
-            for step in steps:
-                at = {p: next(r["val_loss"] for r in logs[(p, seed)] if r["step"] == step) for p in curve}
-                decision = pair_val_step(st, [interpolate(at, r) for r in pair_ratios(st.p, s)], s)
-                st.p, st.mu = decision["p_next"], decision["mu_next"]
-            ends.append(st.mu)
-        print(f"  {p0:>6.2f}  {' '.join(f'{p:.3f}' for p in ends):<24}"
-              f"{np.mean([regret_on(curve, p) for p in ends]):>8.3f}{regret_on(curve, p0):>12.3f}")
 
 
 def analyse(rounds: list[list], committed: list[float], curve: dict[float, float], args, options: dict) -> None:

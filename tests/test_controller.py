@@ -13,8 +13,8 @@ from grasp_lora import prune
 from grasp_lora.config import ControllerOptions, SearchConfig, build
 from grasp_lora.cli import command_config, make_parser
 from grasp_lora.controller import (CONTROLLERS, Controller, ControllerState, advantages, commit_rule, initial_sigma,
-                                   move_toward, nes_update, offline, pair_evidence, pair_ratios, pair_val_step,
-                                   policy_update, rank_utilities, sample_candidates)
+                                   move_toward, nes_update, offline, pair_evidence, pair_ratios, policy_update,
+                                   rank_utilities, sample_candidates)
 from grasp_lora.files import read_jsonl
 
 S = ControllerOptions(controller="paper")  # the authors' update, which the by-hand checks follow
@@ -522,51 +522,6 @@ def test_pair_online_trains_no_twin_when_the_first_pass_ends_within_the_hold(tmp
     assert json.loads((tmp_path / "moves" / "ratio.json").read_text())["twin_steps"] == 8
 
 
-def test_pair_val_step_moves_sigma_toward_the_member_ahead():
-    """later_passes val: one comparison of the members' val losses [less pruned, more pruned] moves the centre by
-    sigma toward the lower one, inside the range; a missing loss or a tie holds it; sigma stays."""
-    s = build(ControllerOptions, overrides={"controller": "pair-online", "later_passes": "val"})
-    st = ControllerState(p=0.4, mu=0.4, sigma=0.1)
-    assert pair_val_step(st, [1.50, 1.52], s) == {"mu_next": pytest.approx(0.3), "sigma_next": 0.1,
-                                                  "p_next": pytest.approx(0.3)}
-    assert pair_val_step(st, [1.52, 1.50], s)["mu_next"] == pytest.approx(0.5)
-    for held in ([1.5, 1.5], [1.5, float("nan")]):
-        assert pair_val_step(st, held, s)["mu_next"] == 0.4
-    end = ControllerState(p=0.1, mu=0.1, sigma=0.1)
-    assert pair_val_step(end, [1.50, 1.52], s)["mu_next"] == 0.1
-
-
-def test_pair_online_with_later_passes_val_learns_from_the_val_evaluations(tmp_path, capsys, tiny_model,
-                                                                          tiny_adapters, demo_data):
-    """A run of several passes over a training set too small for the hold: with --later-passes val, each val
-    evaluation from the end of the first pass on compares the members on the val split (the run's own val loss is the
-    less pruned member's, the one val_log.jsonl records) and moves the centre; the second member trains to the end;
-    ratio.json, the last line and a replay of history.jsonl say so."""
-    out = tmp_path / "val"
-    assert cli(*search_args(tiny_model, tiny_adapters, demo_data, out, "--controller", "pair-online",
-                            "--later-passes", "val", "--max-steps", 12)) == 0
-    hist, vals = read_jsonl(out / "history.jsonl"), read_jsonl(out / "val_log.jsonl")
-    by_val = [r for r in hist if r.get("source") == "val"]
-    assert [r["step"] for r in by_val] == [8, 12] == [v["step"] for v in vals]  # 16 examples, 2 a step: 8 fresh
-    for rec, v in zip(by_val, vals):
-        lo, hi = rec["losses"]
-        assert lo == v["val_loss"] and math.isfinite(hi) and hi != lo
-        assert rec["candidates"] == pair_ratios(rec["p"], build(ControllerOptions, overrides={
-            "controller": "pair-online"}))
-        assert rec["mu_next"] == pytest.approx(min(0.8, max(0.1, rec["mu"] - math.copysign(rec["sigma"], hi - lo))))
-    for prev, rec in zip(hist, hist[1:]):  # online rounds and val comparisons in one chain of states
-        assert (rec["p"], rec["mu"], rec["sigma"]) == (prev["p_next"], prev["mu_next"], prev["sigma_next"])
-    ratio = json.loads((out / "ratio.json").read_text())
-    moves = sum(r["mu_next"] != r["mu"] for r in by_val)
-    assert moves and ratio["val_rounds"] == 2 and ratio["val_moves"] == moves and not ratio["from_prior"]
-    assert ratio["prune_ratio"] == pytest.approx(by_val[-1]["mu_next"]) and "twin_steps" not in ratio
-    assert f"compared at 2 val evaluations, which moved the centre {moves} times" in capsys.readouterr().out
-    twin = torch.load(out / "checkpoint.pt", weights_only=False)["hooks"]["twin"]["optimizer"]["state"]
-    assert {int(v["step"]) for v in twin.values()} == {12}
-    st = ControllerState.from_history(hist)
-    assert (st.rounds, st.val_rounds, st.val_moves, st.mu) == (6, 2, moves, ratio["final_mu"])
-
-
 @pytest.mark.parametrize("refresh", ["once", "every_round"])
 def test_pair_members_are_pruned_by_their_own_importance_when_re_scored(tmp_path, tiny_model, tiny_adapters,
                                                                          demo_data, refresh):
@@ -743,8 +698,7 @@ def test_finetune_merged_exports_peft_adapter(tmp_path, tiny_model, tiny_adapter
 def test_bad_controller_settings(tmp_path, tiny_model, tiny_adapters, demo_data, capsys):
     for extra, needle in ((["--p-min", "0.9"], "p_min <= p_init"), (["--group-size", "0"], "--group-size 0"),
                           (["--controller", "pair", "--probe", "taylor"], "leave --probe at forward"),
-                          (["--controller", "pair", "--pair-smoothing", "1"], "--pair-smoothing 1"),
-                          (["--later-passes", "val"], "use --controller pair-online")):
+                          (["--controller", "pair", "--pair-smoothing", "1"], "--pair-smoothing 1")):
         assert cli(*search_args(tiny_model, tiny_adapters, demo_data, tmp_path / "x", *extra)) == 2
         assert needle in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

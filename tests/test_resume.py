@@ -41,20 +41,17 @@ def command(kind, tiny_model, tiny_adapters, demo_data, out):
             "search-pair": ["search", *common, *ads, "--round-every", 2, "--controller", "pair", "--hold-rounds", 1],
             "search-pair-online": ["search", *common, *ads, "--round-every", 3, "--controller", "pair",
                                    "--hold-rounds", 1, "--probe-loss", "online"],
-            "search-pair-val": ["search", *common, *ads, "--controller", "pair-online", "--later-passes", "val"],
             "finetune-merged": ["finetune-merged", *common, *ads, "--prune-ratio", 0.5, "--criterion", "sensitivity"],
             "train-adapter": ["train-adapter", *common]}[kind]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["search", "search-reset-train", "search-fit-lookahead", "search-taylor",
-                                  "search-pair", "search-pair-online", "search-pair-val", "finetune-merged",
-                                  "train-adapter"])
+                                  "search-pair", "search-pair-online", "finetune-merged", "train-adapter"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_adapters, demo_data, kind):
     ref = tmp_path / "ref"
     assert cli(*command(kind, tiny_model, tiny_adapters, demo_data, ref)) == 0
-    # search-pair-val: killed after its first val comparison (step 8), so the resumed run carries the moved centre
-    points = KILL_POINTS if kind == "search" else KILL_POINTS[-1:] if kind == "search-pair-val" else KILL_POINTS[:1]
+    points = KILL_POINTS if kind == "search" else KILL_POINTS[:1]
     for kill_at in points:
         out = tmp_path / f"killed{kill_at}"
         killed(kill_at, *command(kind, tiny_model, tiny_adapters, demo_data, out))

@@ -100,14 +100,10 @@ def _search(cfg: SearchConfig):
         print(f"note: the first pass over the training set ends within the {cfg.hold_rounds} held rounds of "
               f"{cfg.round_every} steps, so the centre could not move and the second member did not train: p* is "
               "p_init. Give the search more training examples (or a shorter --hold-rounds)")
-    elif r.get("val_rounds"):
-        print(f"note: past the first pass over the training set (steps 1-{r['online_steps']} of {r['steps']}) the "
-              f"members were compared at {r['val_rounds']} val evaluations, which moved the centre "
-              f"{r['val_moves']} times (--later-passes val)")
     elif "online_steps" in r:
         print(f"note: the members' online losses are held out on the first pass over the training set only (steps "
               f"1-{r['online_steps']} of {r['steps']}); the rounds after it held the centre: give the search more "
-              "training examples or fewer steps, or compare the members on the val split after it (--later-passes val)")
+              "training examples or fewer steps, or score on the micro-dev set (--probe-loss micro_dev)")
 
 
 def _finetune_merged(cfg: FinetuneMergedConfig):

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH, LATER_PASSES,
+from .controller import (ADVANTAGES, COMMIT_MASKS, COMMIT_TOWARD, CONTROLLERS, IMPORTANCE_REFRESH,
                          MEMBERS_TRAIN_AS_FINAL_RUN, PAIR_ENDS, PAIR_MOVES, PAIR_SCATTERS, PROBE_FROM, PROBE_LOSSES,
                          PROBES, RATIO_RULES, SHARED_DEFAULTS, trains_pair)
 from .data.records import TASKS
@@ -280,14 +280,6 @@ class ControllerOptions(Checked):
     pair_scatter: str = opt("all", "pair, sequential: the lead's round-to-round changes its scatter is taken from: "
                                    "all (after half the hold) or at_centre (only between rounds at the same centre: "
                                    "the jump across a move is the pair's change, not noise)", choices=PAIR_SCATTERS)
-    later_passes: Optional[str] = opt(None, "pair with --probe-loss online: what moves the centre after the first "
-                                            "pass over the training set, where the members' own losses are on "
-                                            "examples they have seen: hold (nothing; the second member stops "
-                                            "training there) or val (at each val evaluation from the end of that "
-                                            "pass on, both members scored on the val split, the one the run already "
-                                            "evaluates; the centre steps sigma toward the member ahead, so a run of "
-                                            "several passes over a small training set learns from them)",
-                                      choices=LATER_PASSES)
     max_ratio_step: float = opt(0.10, "Delta: the most the committed ratio moves in one round")
     max_policy_step: Optional[float] = opt(None, "the most mu moves in one round, a trust region against one noisy "
                                                  "round (sliced 0.05; pair 0.10, its largest step; 0: unbounded, the paper)")
@@ -373,10 +365,6 @@ class ControllerOptions(Checked):
                                "lookahead_steps": self.lookahead_steps, "probe_from": self.probe_from},
                               "pair scores its two members as they train: leave "
                               "<probe> at forward, <lookahead_steps> at 0 and <probe_from> at current")
-        if self.later_passes == "val" and not (trains_pair(self.controller) and self.probe_loss == "online"):
-            raise OptionError({"later_passes": "val", "controller": self.controller, "probe_loss": self.probe_loss},
-                              "val comparisons after the first pass are a paired run's with online losses: use "
-                              "--controller pair-online, or leave <later_passes> at hold")
         if self.probe == "taylor" and (self.lookahead_steps or self.probe_from != "current"):
             raise OptionError({"probe": "taylor", "lookahead_steps": self.lookahead_steps, "probe_from": self.probe_from},
                               "a taylor estimate is of the current weights, instantly: leave <lookahead_steps> at 0 "

@@ -33,7 +33,6 @@ PROBE_LOSSES = ("micro_dev", "online")  # a look-ahead probe's loss: micro-dev a
 PAIR_MOVES = ("rprop", "sequential")  # pair: the centre steps on each round's lead, or on a test of the leads gathered
 PAIR_ENDS = ("clamp", "centred")  # pair: the members near an end of the range
 PAIR_SCATTERS = ("all", "at_centre")  # pair, sequential: the lead's changes its scatter is taken from
-LATER_PASSES = ("hold", "val")  # pair, online: what moves the centre once the first pass's fresh examples are spent
 PROBES = ("forward", "taylor")  # a candidate's loss change: measured by a micro-dev pass, or estimated (taylor.py)
 
 
@@ -130,8 +129,6 @@ class ControllerState:
     rounds: int = 0
     min_sigma: float = math.inf  # the smallest sigma the policy has had
     converged_at: int | None = None  # the step after which it stopped probing (converge_sigma)
-    val_rounds: int = 0  # later_passes val: the val evaluations that compared the members (history.jsonl "source")
-    val_moves: int = 0  # ... and of them, those that moved the centre
     # every probe so far, one [p, base_loss, candidates, losses] per round (what pooled rules read)
     trials: list = field(default_factory=list)
     # probe taylor: [first, second, measured] of every candidate probed both ways (calibrate)
@@ -153,14 +150,9 @@ class ControllerState:
         st = cls(p=0.0, mu=0.0, sigma=0.0)
         for rec in history:
             st.p = rec["p"]
-            if rec.get("source") == "val":  # a val comparison is no probe round: the pooled rules do not read it
-                st.val_rounds += 1
-                st.val_moves += rec["mu_next"] != rec["mu"]
-            else:
-                st.observe(rec["base_loss"], rec["candidates"], rec["losses"], rec["rewards"])
+            st.observe(rec["base_loss"], rec["candidates"], rec["losses"], rec["rewards"])
         last = history[-1]
-        st.p, st.mu, st.sigma = last["p_next"], last["mu_next"], last["sigma_next"]
-        st.rounds = len(history) - st.val_rounds
+        st.p, st.mu, st.sigma, st.rounds = last["p_next"], last["mu_next"], last["sigma_next"], len(history)
         st.min_sigma = min(min(r["sigma"], r["sigma_next"]) for r in history)
         st.converged_at = last["step"] if last.get("converged") else None
         return st
@@ -448,20 +440,6 @@ def last_move(trials: list) -> float:
     return math.copysign(1.0, moves[-1]) if moves else 0.0
 
 
-def pair_val_step(st: ControllerState, losses: list, s: ControllerOptions) -> dict:
-    """later_passes val: after the first pass over the training set the members' own losses are on examples they
-    have seen, so at each val evaluation both are scored on the val split (the run's selection split, as the grid's
-    and the best checkpoint's) and the centre steps sigma toward the member ahead. A whole split per comparison and
-    no hold: on the demo and 50-example MLQA cases one pass is shorter than the hold and those evaluations are the
-    run's only evidence (benchmarks/RESULTS.md). sigma is left as it is: three or four comparisons leave no room to
-    bisect."""
-    lead = pair_difference(losses)
-    mu_next = st.mu
-    if math.isfinite(lead) and lead != 0:
-        mu_next = clamp(st.mu - math.copysign(st.sigma, lead), s.p_min, s.p_max)
-    return {"mu_next": mu_next, "sigma_next": st.sigma, "p_next": move_toward(st.p, mu_next, s)}
-
-
 def pair_round(st: ControllerState, candidates: list[float], rewards: list[float], s: ControllerOptions) -> dict:
     """Two members train at the centre -/+ pair_gap on the same examples (twin.py) and are scored at the ratios they
     train under. After hold_rounds rounds (the ratios' order forms only after some training: benchmarks/RESULTS.md),
@@ -552,7 +530,7 @@ CONTROLLERS: dict[str, tuple[Callable, dict]] = {
 }
 # what an option left unset takes when its controller's preset does not name it
 SHARED_DEFAULTS = dict(round_every=10, importance_refresh="once", probe_loss="micro_dev", pair_gap=0.10,
-                       pair_ends="clamp", hold_rounds=10, pair_move="rprop", later_passes="hold")
+                       pair_ends="clamp", hold_rounds=10, pair_move="rprop")
 # whose members train with a final run's batching and criterion (in an experiment, and in `search` by default)
 MEMBERS_TRAIN_AS_FINAL_RUN = ("pair-online",)
 
@@ -573,10 +551,8 @@ def probe(model, scores: dict[str, torch.Tensor], ratios: list[float], scope: st
 
 
 def from_prior(p_star: float, st: ControllerState, s: ControllerOptions) -> bool:
-    """p* ended within 0.05 of p_init while sigma never fell below its start (and no val comparison moved the
-    centre, which leaves sigma as it is): the prior, not a finding."""
-    return abs(p_star - s.p_init) <= 0.05 and min(st.min_sigma, st.sigma) >= initial_sigma(s) - 1e-12 \
-        and not st.val_moves
+    """p* ended within 0.05 of p_init while sigma never fell below its start: the prior, not a finding."""
+    return abs(p_star - s.p_init) <= 0.05 and min(st.min_sigma, st.sigma) >= initial_sigma(s) - 1e-12
 
 
 def offline(settings: ControllerOptions, loss_at: Callable[[int, float, float], float], rounds: int,
@@ -668,24 +644,6 @@ class Controller:
         return {**record, **decision, "converged": st.converged_at is not None,
                 "seconds": time.time() - start - trace_seconds}
 
-    def val_round(self, step: int, losses: list[float]) -> dict:
-        """later_passes val: the members' val losses [the less pruned's, the other's] at a val evaluation move the
-        centre (pair_val_step); the record history.jsonl keeps, marked `"source": "val"`."""
-        start = time.time()
-        st = self.state
-        decision = pair_val_step(st, losses, self.s)
-        moved = not math.isclose(decision["mu_next"], st.mu, abs_tol=1e-9)
-        if moved:
-            self.commit_fn(decision["p_next"])
-        record = {"step": step, "source": "val", "p": st.p, "mu": st.mu, "sigma": st.sigma,
-                  "candidates": pair_ratios(st.p, self.s), "base_loss": None, "losses": losses,
-                  "rewards": [float(np.mean(losses)) - l for l in losses], **decision,
-                  "applied": decision["p_next"] if moved else None}
-        st.p, st.mu = decision["p_next"], decision["mu_next"]
-        st.val_rounds += 1
-        st.val_moves += moved
-        return {**record, "seconds": time.time() - start}
-
     def result(self) -> dict:
         """ratio.json: p* by the asked rule (the committed ratio when that rule cannot tell, e.g. no
         finite trial; `rule` says which was used) and what every registered rule gives. `from_prior`: p* ended
@@ -699,8 +657,7 @@ class Controller:
                 "best_reward": st.best_reward if math.isfinite(st.best_reward) else None,
                 "best_candidate": st.best_candidate, "from_prior": self.from_prior(by_rule[rule]),
                 "rounds": st.rounds, "final_p": st.p, "final_mu": st.mu, "final_sigma": st.sigma,
-                "min_sigma": min(st.min_sigma, st.sigma), "converged_at": st.converged_at,
-                **({"val_rounds": st.val_rounds, "val_moves": st.val_moves} if st.val_rounds else {})}
+                "min_sigma": min(st.min_sigma, st.sigma), "converged_at": st.converged_at}
 
     def from_prior(self, p_star: float) -> bool:
         return from_prior(p_star, self.state, self.s)

@@ -25,8 +25,7 @@ from .taylor import GradientMoments
 from .twin import Twin
 from .tracking import Tracker
 from .data.batching import collate
-from .train import (LossProbe, check_log_length, example_nll, rng_state, set_rng_state, steps_per_epoch,
-                    total_steps, train)
+from .train import LossProbe, check_log_length, example_nll, rng_state, set_rng_state, steps_per_epoch, train
 
 
 class SearchHooks(PruneHooks):
@@ -72,13 +71,8 @@ class SearchHooks(PruneHooks):
         # the twin trains only while its losses can still move the centre: scored online, on the first pass, and not
         # at all when that pass ends within the held rounds (no round after the hold reads a lead: p* is p_init)
         self.twin_steps = math.inf
-        # later_passes val: past the first pass the members are compared at each val evaluation, and train to the end
-        self.val_lead = self.twin is not None and cfg.later_passes == "val" \
-            and total_steps(len(setup.examples["train"]), cfg) > self.fresh_steps
-        if self.twin is not None and cfg.probe_loss == "online" and not self.val_lead:
+        if self.twin is not None and cfg.probe_loss == "online":
             self.twin_steps = self.fresh_steps if self.fresh_steps > cfg.round_every * cfg.hold_rounds else 0
-        self.val_loss = LossProbe(setup.examples["val"], setup.tok.pad_token_id, setup.device,
-                                  cfg.eval_batch_size) if self.val_lead else None
 
     def round_slice(self) -> LossProbe:
         """This round's probe_examples micro-dev examples: round k scores on places k*n .. k*n + n - 1 of a sequence
@@ -233,19 +227,6 @@ class SearchHooks(PruneHooks):
         st = self.controller.state
         return {"p": st.p, "mu": st.mu, "sigma": st.sigma}
 
-    def after_evaluate(self, step, val_loss):
-        """later_passes val: from the end of the first pass on, the twin scored on the val split beside the run's
-        val loss just measured (the less pruned member's) moves the centre (Controller.val_round)."""
-        if not self.val_lead or step < self.fresh_steps or self.controller.state.converged_at is not None:
-            return
-        start = time.time()
-        twin_loss = self.twin.run(lambda: self.val_loss(self.setup.model))
-        record = self.controller.val_round(step, [val_loss, twin_loss])
-        record["kept_fraction"] = prune.kept_fraction(prune.current_masks(self.setup.model))
-        record["seconds"] = time.time() - start
-        self.probe_seconds += record["seconds"]
-        append_jsonl(self.history, record)
-
     def state_dict(self) -> dict:
         return {**super().state_dict(), "controller": self.controller.state_dict(), "probe_seconds": self.probe_seconds,
                 "scores": self._scores, **({"moments": self.moments.state_dict()} if self.moments else {}),
@@ -263,8 +244,7 @@ class SearchHooks(PruneHooks):
             self._online = state.get("online", [0.0, 0.0, 0])  # a checkpoint from before the online signal
         if distributed.is_main():
             rounds = truncate_jsonl(self.history, lambda r: r["step"] <= step)
-            st = self.controller.state
-            check_log_length(self.history, rounds, st.rounds + st.val_rounds, "controller rounds")
+            check_log_length(self.history, rounds, self.controller.state.rounds, "controller rounds")
 
     def controller_round(self, step: int) -> None:
         """Rank 0 probes and decides; every other rank takes its masks and state."""

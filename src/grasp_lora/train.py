@@ -148,9 +148,6 @@ class Hooks:
         may return fields for the log line and the progress bar."""
         return None
 
-    def after_evaluate(self, step: int, val_loss: float) -> None:
-        """Called after each val evaluation with its loss, before any checkpoint that follows it."""
-
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly (masks, controller state, RNGs)."""
         return {}
@@ -299,7 +296,6 @@ def train(model, params: list[torch.nn.Parameter], train_examples: list[dict], v
             append_jsonl(val_log, {"step": progress.step, "epoch": epoch, "val_loss": val, "best": improved})
             if tracker:
                 tracker.log({"val/loss": val}, progress.step)
-        hooks.after_evaluate(progress.step, val)
 
     def finished() -> bool:
         return bool(settings.max_steps) and progress.step >= settings.max_steps
